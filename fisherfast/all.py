@@ -4,3 +4,5 @@ from .core.masks import *
 from .core.criteria import *
 from .core.schedule import *
 from .sparse.sparsifier import *
+from .fisher.stats import *
+from .fisher.criteria import *
