@@ -6,3 +6,4 @@ from .core.schedule import *
 from .sparse.sparsifier import *
 from .fisher.stats import *
 from .fisher.criteria import *
+from .fisher.obs import *
