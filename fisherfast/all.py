@@ -7,3 +7,4 @@ from .sparse.sparsifier import *
 from .fisher.stats import *
 from .fisher.criteria import *
 from .fisher.obs import *
+from .sparse.export import *
