@@ -8,3 +8,4 @@ from .fisher.stats import *
 from .fisher.criteria import *
 from .fisher.obs import *
 from .sparse.export import *
+from .sparse.sensitivity import *
