@@ -85,6 +85,7 @@ def _process_nb(src, dst):
             kv = dict(_parse(d) for d in dirs)
             if kv.keys() & {'hide', 'exporti', 'default_exp'} or kv.get('include') == 'false': continue
             tags = set(c.get('metadata', {}).get('tags', []))
+            c['metadata'] = {}  # execution timings and the like: nothing the page shows
             if kv.get('echo') == 'false' or 'hide_input' in kv: tags.add('hide_input')
             if kv.get('output') == 'false' or 'hide_output' in kv: tags.add('hide_output')
             c['source'] = ''.join(body).strip('\n')
