@@ -9,3 +9,4 @@ from .fisher.criteria import *
 from .fisher.obs import *
 from .sparse.export import *
 from .sparse.sensitivity import *
+from .sparse.callback import *

@@ -1,0 +1,222 @@
+"End-to-end tests of `SparsifyCallback` on digits: exact sparsity, zeros after every step, statistics, checkpoints, AMP, DDP"
+import hashlib, json, os, socket, tempfile, warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.amp import GradScaler, autocast
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner)
+from fastai.callback.training import GradientAccumulation
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.torch_core import set_seed
+
+from fisherfast.core.criteria import Criteria
+from fisherfast.core.schedule import iterative
+from fisherfast.data import digits_mlp, digits_tensors, tensor_dls
+from fisherfast.sparse.callback import SparsifyCallback
+
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
+
+obd_like = Criteria(lambda l: l.stat('fisher_diag') * l.weight**2, needs=('fisher_diag',), name='obd_like')
+
+
+def learner(cbs=None, seed=0, tensors=None, bs=64):
+    set_seed(seed)  # python, numpy and torch: fastai's DataLoader shuffles with python's `random`
+    dls = tensor_dls(*(tensors or digits_tensors(0)), bs=bs)
+    return Learner(dls, digits_mlp(seed=seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=cbs, wd=0.1)
+
+
+def fit(learn, *args, method='fit_one_cycle', **kwargs):
+    with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args, **kwargs)
+    return learn
+
+
+class Watch(Callback):
+    "Checks the pruned weights are zero after every optimizer step; records the squared gradients of each step"
+    order = SparsifyCallback.order + 1
+    def before_fit(self): self.steps,self.sq = 0,{}
+    def before_step(self):
+        for n,m in self.sparsify.sparsifier.layers.items(): self.sq[n] = self.sq.get(n, 0) + m.weight.grad.double()**2
+    def after_step(self):
+        sp = self.sparsify.sparsifier
+        for n,keep in sp.masks.items(): assert not sp.layers[n].weight[~keep].any(), f"pruned weight of {n} revived"
+        self.steps += 1
+
+
+def n_zeros(sp): return {n: int((m.weight == 0).sum()) for n,m in sp.layers.items()}
+
+
+@pytest.mark.parametrize('criteria,context,granularity', [
+    ('magnitude', 'global', 'weight'), (obd_like, 'global', 'weight'), (obd_like, 'local', 'weight'),
+    ('magnitude', 'local', 'row')])
+def test_final_sparsity_exact_and_zeros_after_every_step(criteria, context, granularity):
+    cb,w = SparsifyCallback(0.85, granularity, context, criteria), Watch()
+    learn = fit(learner(), 3, 1e-2, cbs=[cb, w])
+    assert w.steps == 3 * len(learn.dls.train)
+    sp,zeros = cb.sparsifier,n_zeros(cb.sparsifier)
+    sizes = {n: m.weight.numel() for n,m in sp.layers.items()}
+    if granularity == 'row':  # whole rows: each layer prunes round(0.85 * rows) rows
+        for n,m in sp.layers.items(): assert zeros[n] == round(0.85 * m.weight.shape[0]) * m.weight.shape[1]
+    elif context == 'local':
+        for n in sp.layers: assert zeros[n] == round(0.85 * sizes[n])
+    else: assert sum(zeros.values()) == round(0.85 * sum(sizes.values()))
+    if granularity == 'weight': assert learn.recorder.values[-1][2] > 0.6
+
+
+@pytest.mark.parametrize('decay', [None, 0.9])
+def test_statistics_equal_manual_accumulation(decay):
+    cb,w = SparsifyCallback(0.7, criteria=obd_like, decay=decay, every=7), Watch()
+    fit(learner(), 2, 1e-2, cbs=[cb, w])
+    assert cb.stats.n == w.steps
+    if decay is None:
+        for n,f in cb.stats.result()['fisher_diag'].items():
+            torch.testing.assert_close(f.double(), w.sq[n] / w.steps, rtol=1e-5, atol=1e-12)
+
+
+def test_gradient_accumulation_counts_optimizer_steps():
+    cb,w = SparsifyCallback(0.5, criteria=obd_like), Watch()
+    learn = fit(learner(), 2, 1e-3, cbs=[cb, w, GradientAccumulation(256)], method='fit')
+    assert cb.stats.n == w.steps < len(learn.dls.train)
+    assert abs(cb.current_sparsity() - 0.5) < 1e-3
+
+
+def test_grads_ring_buffer_holds_the_last_gradients():
+    grads = Criteria(lambda l: l.weight.abs() + 0 * l.stat('grads').sum(), needs=('grads',), name='grads_user')
+    rows = []
+    class Rows(Callback):
+        order = SparsifyCallback.order + 1
+        def before_step(self): rows.append(self.sparsify.sparsifier.layers['2'].weight.grad.flatten().clone())
+    cb = SparsifyCallback(0.5, criteria=grads, n_grads=5)
+    fit(learner(), 1, 1e-3, cbs=[cb, Rows()], method='fit')
+    torch.testing.assert_close(cb.stats.result()['grads']['2'], torch.stack(rows[-5:]))
+
+
+def test_save_load_resume_keeps_masks_and_statistics(tmp_path):
+    cb = SparsifyCallback(0.8, criteria=obd_like)
+    learn = learner(cbs=cb)
+    learn.path = tmp_path
+    class Stop(Callback):
+        def after_epoch(self):
+            if self.epoch == 1: self.learn.save('epoch1')
+    fit(learn, 4, 1e-2, cbs=Stop())
+    final = {n: k.clone() for n,k in cb.sparsifier.masks.items()}
+    # a fresh process: new learner, the callback attached before `load`
+    cb2 = SparsifyCallback(0.8, criteria=obd_like)
+    learn2 = learner(cbs=cb2, seed=1)
+    learn2.path = tmp_path
+    learn2.load('epoch1')
+    state = torch.load(tmp_path / 'models' / 'epoch1.pth', weights_only=False)['model']
+    masks1 = {k.split('.', 2)[2]: v for k,v in state.items() if k.startswith('_sparsify.mask.')}
+    assert masks1 and cb2.sparsifier is None and cb2._pending
+    w = Watch()
+    fit(learn2, 4, 1e-2, cbs=w, start_epoch=2)
+    for n,k in masks1.items(): assert not (~k & cb2.sparsifier.masks[n]).any()  # pruned stays pruned
+    assert cb2.stats.n == int(state['_sparsify.stats.n']) + w.steps
+    zeros = n_zeros(cb2.sparsifier)
+    assert sum(zeros.values()) == round(0.8 * sum(m.weight.numel() for m in cb2.sparsifier.layers.values()))
+    assert set(final) == set(cb2.sparsifier.masks)
+
+
+def test_lth_checkpoint_keeps_rewind_weights(tmp_path):
+    cb = SparsifyCallback(0.6, schedule=iterative, lth=True, rewind_epoch=1, start_epoch=1)
+    learn = learner(cbs=cb)
+    learn.path = tmp_path
+    fit(learn, 3, 1e-3, method='fit')
+    learn.save('lth')
+    cb2 = SparsifyCallback(0.6, schedule=iterative, lth=True, rewind_epoch=1, start_epoch=1)
+    learn2 = learner(cbs=cb2, seed=3)
+    learn2.path = tmp_path
+    learn2.load('lth')
+    fit(learn2, 3, 0., method='fit', start_epoch=3)  # nothing left to train: only restores
+    for n,(w,b) in cb.sparsifier._init.items():
+        assert torch.equal(cb2.sparsifier._init[n][0], w) and torch.equal(cb2.sparsifier._init[n][1], b)
+
+
+class CPUMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision` with CPU autocast (bf16) and an optional CPU `GradScaler`"
+    def __init__(self, scale=None): super().__init__('bf16'); self.scale = scale
+    def before_fit(self):
+        self.autocast = autocast('cpu', dtype=torch.bfloat16)
+        self.learn.scaler = GradScaler('cpu', init_scale=self.scale or 1., growth_interval=10**6, enabled=self.scale is not None)
+        self.scales,self.seen = [],[]
+    def before_step(self):
+        self.seen.append(self.scaler.get_scale() if self.scaler.is_enabled() else 1.)
+        super().before_step()
+
+
+def test_bf16_autocast_trains_and_prunes_exactly():
+    cb,w = SparsifyCallback(0.8, criteria=obd_like), Watch()
+    learn = fit(learner(), 2, 1e-2, cbs=[cb, w, CPUMixedPrecision()])
+    assert sum(n_zeros(cb.sparsifier).values()) == round(0.8 * sum(m.weight.numel() for m in cb.sparsifier.layers.values()))
+    assert learn.recorder.values[-1][2] > 0.5
+
+
+def test_loss_scaled_gradients_are_unscaled_before_the_statistics():
+    "A loss scale of 2^12 (exact in binary) must give the statistics and masks of the unscaled run"
+    runs = []
+    for scale in (None, 2.**12):
+        cb,amp = SparsifyCallback(0.8, criteria=obd_like, every=5),CPUMixedPrecision(scale)
+        fit(learner(), 1, 1e-2, cbs=[cb, amp])
+        assert set(amp.seen) == {scale or 1.}
+        runs.append(cb)
+    a,b = (r.stats.result()['fisher_diag'] for r in runs)
+    for n in a: torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=0)
+    for n,k in runs[0].sparsifier.masks.items(): assert torch.equal(k, runs[1].sparsifier.masks[n])
+
+
+# --- two processes, gloo, DDP ------------------------------------------------------------------------
+
+class DDPTrainer(Callback):
+    "What fastai's `DistributedTrainer` does, without `accelerate`: wrap the model in DDP for the fit"
+    order = 11
+    def before_fit(self):
+        self.learn.model = nn.parallel.DistributedDataParallel(self.learn.model)
+        if dist.get_rank(): self.learn.logger = lambda *a, **k: None
+    def after_fit(self): self.learn.model = self.learn.model.module
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors: h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        x,y,xv,yv = digits_tensors(0)
+        n = len(x) // world * world
+        tensors = (x[:n][rank::world], y[:n][rank::world], xv, yv)  # one shard per rank, same number of batches
+        cb,w = SparsifyCallback(0.85, criteria=obd_like, every=3), Watch()
+        learn = learner(cbs=None, seed=rank, tensors=tensors)  # different inits: DDP broadcasts rank 0's
+        with learn.no_bar(): learn.fit_one_cycle(2, 1e-2, cbs=[DDPTrainer(), cb, w])
+        sp = cb.sparsifier
+        res = dict(masks=_digest(sp.masks[k] for k in sorted(sp.masks)),
+                   weights=_digest(m.weight for m in sp.layers.values()),
+                   stats=_digest(cb.stats.result()['fisher_diag'].values()),
+                   sparsity=cb.current_sparsity(), steps=w.steps, history=len(cb.history))
+        Path(out, f'{rank}.json').write_text(json.dumps(res))
+    finally: dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_gloo_identical_masks():
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_ddp_worker, args=(2, _free_port(), d), nprocs=2, join=True)
+        r0,r1 = (json.loads(Path(d, f'{r}.json').read_text()) for r in (0, 1))
+    assert r0 == r1, (r0, r1)
+    assert abs(r0['sparsity'] - 0.85) < 1e-3 and r0['steps'] > 0 and r0['history'] > 1
