@@ -32,7 +32,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from fisherfast.core.criteria import magnitude
 from fisherfast.core.schedule import agp
-from fisherfast.data import fashion_mnist_tensors
+from fisherfast.data import fashion_mnist_tensors, fashion_cnn
 from fisherfast.sparse.callback import SparsifyCallback
 
 try: from fisherfast.fisher.criteria import obd
@@ -49,12 +49,6 @@ class TensorDL(DataLoader):
         for idx in chunked(list(samps), self.bs, drop_last=self.drop_last):
             idx = torch.tensor(idx)
             yield self.x[idx], self.y[idx]
-
-
-def cnn():
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
 
 
 class TrainTimer(Callback):
@@ -81,7 +75,7 @@ def run(data, epochs, lr, bs, cb=None, seed=0):
     set_seed(seed)
     x, y, xv, yv = data
     dls = DataLoaders(TensorDL(x, y, bs=bs, shuffle=True, drop_last=True), TensorDL(xv, yv, bs=1000))
-    learn = Learner(dls, cnn(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    learn = Learner(dls, fashion_cnn(hidden=None, seed=seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     timer,ct = TrainTimer(),CallbackTimer(getattr(cb, 'order', 0))
     with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):  # fasterai prints
         learn.fit_one_cycle(epochs, lr, cbs=[timer, ct.lo, ct.hi] + ([cb] if cb else []))
@@ -124,7 +118,7 @@ def main():
     x, y, xv, yv = fashion_mnist_tensors()
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:a.n_train]
     data = (x[idx], y[idx], xv, yv)
-    print(f"Fashion-MNIST CNN conv 1-16-32 + Linear ({sum(m.weight.numel() for m in cnn().modules() if isinstance(m, (nn.Conv2d, nn.Linear))):,} "
+    print(f"Fashion-MNIST CNN conv 1-16-32 + Linear ({sum(m.weight.numel() for m in fashion_cnn(hidden=None).modules() if isinstance(m, (nn.Conv2d, nn.Linear))):,} "
           f"prunable weights); {a.n_train:,} training images, 10,000 test; fit_one_cycle({a.epochs}, {a.lr}), bs {a.bs}, "
           f"{torch.get_num_threads()} threads; pruning: agp over {a.start:.0%}-{a.end:.0%} of training, weight, global\n", flush=True)
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import pandas as pd
 import torch, torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 from fisherfast.all import *
-from fisherfast.data import digits_tensors, digits_mlp, fashion_mnist_tensors
+from fisherfast.data import digits_tensors, digits_mlp, fashion_mnist_tensors, fashion_cnn, train_tensors, tensor_accuracy as accuracy
 
 warnings.filterwarnings('ignore')
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
@@ -31,22 +31,6 @@ def configs(n_grads):
             'woodfisher, global': ('global', lambda: wf(1)),
             'woodfisher recompute=8, global': ('global', lambda: wf(8)),
             'woodfisher recompute=16, global': ('global', lambda: wf(16))}
-
-def train(model, x, y, epochs, bs=64, lr=3e-3, seed=0):
-    "Adam with a cosine decay, seeded"
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * ((len(x) + bs - 1) // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x)).split(bs):
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-    return model.eval()
-
-def accuracy(model, x, y, bs=1000):
-    with torch.no_grad(): return torch.cat([model(xb).argmax(1) for xb in x.split(bs)]).eq(y).float().mean().item()
 
 def sweep(model, x_cal, y_cal, x_val, y_val, n_grads, seed):
     "Accuracy of every criterion at every sparsity, one-shot from the same trained model"
@@ -78,7 +62,7 @@ def digits(seeds):
     rows, dense = [], []
     for seed in seeds:
         x, y, xv, yv = digits_tensors(seed)
-        model = train(digits_mlp(seed=seed), x, y, epochs=60, seed=seed)
+        model = train_tensors(digits_mlp(seed=seed), x, y, epochs=60, seed=seed)
         dense.append(100 * accuracy(model, xv, yv))
         rows += sweep(model, x, y, xv, yv, n_grads=1000, seed=seed)
     print(f"\n## (a) digits MLP 64-64-64-10, one-shot, no fine-tuning, test accuracy (%), seeds {list(seeds)}\n")
@@ -90,15 +74,9 @@ def goals(wf, mag, r):
           f">= 80 at 95%: {wf['95%']:.1f} {'met' if wf['95%'] >= 80 else 'MISSED'}; "
           f">= global magnitude + 30 at 90%: {wf['90%'] - mag['90%']:+.1f} {'met' if wf['90%'] - mag['90%'] >= 30 else 'MISSED'}")
 
-def fashion_cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
-
 def fashion(seed=0):
     x, y, xv, yv = fashion_mnist_tensors()
-    model = train(fashion_cnn(seed), x, y, epochs=2, bs=128, seed=seed)
+    model = train_tensors(fashion_cnn(seed=seed), x, y, epochs=2, bs=128, seed=seed)
     dense = 100 * accuracy(model, xv, yv)
     rows = sweep(model, x[:4096], y[:4096], xv, yv, n_grads=512, seed=seed)
     print(f"\n## (b) Fashion-MNIST CNN, one-shot, no fine-tuning, test accuracy (%), seed {seed}\n")
