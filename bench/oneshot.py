@@ -70,8 +70,8 @@ def digits(seeds):
     for r in (8, 16): goals(acc.loc[f'woodfisher recompute={r}, global'], acc.loc['magnitude, global'], r)
 
 def goals(wf, mag, r):
-    print(f"goals: woodfisher recompute={r} >= 95 at 90%: {wf['90%']:.1f} {'met' if wf['90%'] >= 95 else 'MISSED'}; "
-          f">= 80 at 95%: {wf['95%']:.1f} {'met' if wf['95%'] >= 80 else 'MISSED'}; "
+    print(f"goals: woodfisher recompute={r} >= 95 at 90%: {wf['90%']:.2f} {'met' if wf['90%'] >= 95 else 'MISSED'}; "
+          f">= 80 at 95%: {wf['95%']:.2f} {'met' if wf['95%'] >= 80 else 'MISSED'}; "
           f">= global magnitude + 30 at 90%: {wf['90%'] - mag['90%']:+.1f} {'met' if wf['90%'] - mag['90%'] >= 30 else 'MISSED'}")
 
 def fashion(seed=0):
