@@ -448,8 +448,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                 'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier._inputs_last': ( 'sparse/sparsifier.html#_inputs_last',
                                                                                              'fisherfast/sparse/sparsifier.py'),
-                                              'fisherfast.sparse.sparsifier._n_dead': ( 'sparse/sparsifier.html#_n_dead',
-                                                                                        'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier._parse_nm': ( 'sparse/sparsifier.html#_parse_nm',
                                                                                           'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.as_fraction': ( 'sparse/sparsifier.html#as_fraction',
