@@ -418,6 +418,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                               'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier.apply_masks': ( 'sparse/sparsifier.html#sparsifier.apply_masks',
                                                                                                        'fisherfast/sparse/sparsifier.py'),
+                                              'fisherfast.sparse.sparsifier.Sparsifier.bias_masks': ( 'sparse/sparsifier.html#sparsifier.bias_masks',
+                                                                                                      'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier.check_targets': ( 'sparse/sparsifier.html#sparsifier.check_targets',
                                                                                                          'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier.load_state_dict': ( 'sparse/sparsifier.html#sparsifier.load_state_dict',
