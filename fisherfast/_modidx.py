@@ -59,6 +59,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                             'fisherfast/core/granularity.py'),
                                              'fisherfast.core.granularity.oriented_weight': ( 'core/granularity.html#oriented_weight',
                                                                                               'fisherfast/core/granularity.py'),
+                                             'fisherfast.core.granularity.prunable_layers': ( 'core/granularity.html#prunable_layers',
+                                                                                              'fisherfast/core/granularity.py'),
                                              'fisherfast.core.granularity.prunable_types': ( 'core/granularity.html#prunable_types',
                                                                                              'fisherfast/core/granularity.py'),
                                              'fisherfast.core.granularity.register_granularity': ( 'core/granularity.html#register_granularity',
@@ -101,7 +103,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'fisherfast.data.tensor_accuracy': ('data.html#tensor_accuracy', 'fisherfast/data.py'),
                                  'fisherfast.data.tensor_dls': ('data.html#tensor_dls', 'fisherfast/data.py'),
                                  'fisherfast.data.train_tensors': ('data.html#train_tensors', 'fisherfast/data.py')},
-            'fisherfast.demo': { 'fisherfast.demo.main': ('demo.html#main', 'fisherfast/demo.py'),
+            'fisherfast.demo': { 'fisherfast.demo._tensors': ('demo.html#_tensors', 'fisherfast/demo.py'),
+                                 'fisherfast.demo.main': ('demo.html#main', 'fisherfast/demo.py'),
                                  'fisherfast.demo.test_accuracy': ('demo.html#test_accuracy', 'fisherfast/demo.py'),
                                  'fisherfast.demo.train_digits': ('demo.html#train_digits', 'fisherfast/demo.py'),
                                  'fisherfast.demo.train_loader': ('demo.html#train_loader', 'fisherfast/demo.py')},
@@ -453,6 +456,4 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                               'fisherfast.sparse.sparsifier._parse_nm': ( 'sparse/sparsifier.html#_parse_nm',
                                                                                           'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.as_fraction': ( 'sparse/sparsifier.html#as_fraction',
-                                                                                            'fisherfast/sparse/sparsifier.py'),
-                                              'fisherfast.sparse.sparsifier.prunable_layers': ( 'sparse/sparsifier.html#prunable_layers',
-                                                                                                'fisherfast/sparse/sparsifier.py')}}}
+                                                                                            'fisherfast/sparse/sparsifier.py')}}}

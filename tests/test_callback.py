@@ -135,8 +135,10 @@ def test_lth_checkpoint_keeps_rewind_weights(tmp_path):
     learn2.path = tmp_path
     learn2.load('lth')
     fit(learn2, 3, 0., method='fit', start_epoch=3)  # nothing left to train: only restores
-    for n,(w,b) in cb.sparsifier._init.items():
-        assert torch.equal(cb2.sparsifier._init[n][0], w) and torch.equal(cb2.sparsifier._init[n][1], b)
+    saved, restored = cb.sparsifier.state_dict(), cb2.sparsifier.state_dict()
+    inits = [k for k in saved if k.startswith('init')]
+    assert len(inits) == 2 * len(cb.sparsifier.layers)  # a weight and a bias per layer
+    for k in inits: assert torch.equal(restored[k], saved[k])
 
 
 class CPUMixedPrecision(MixedPrecision):
