@@ -31,7 +31,7 @@ from torch import nn
 
 from fisherfast.core.criteria import magnitude, random_score
 from fisherfast.core.masks import kth_smallest, lowest_k_keep, nm_keep, round_kept
-from fisherfast.sparse.sparsifier import Sparsifier, _inputs_last
+from fisherfast.sparse.sparsifier import Sparsifier
 
 torch.set_num_threads(1)
 
@@ -265,11 +265,11 @@ def test_nm_exact(data, nm, context, crit, mode):
     sp.sparsify_model(1 - n / m)
     for name,mod in sp.layers.items():
         mask = sp.masks[name]
-        groups = _inputs_last(mask).reshape(-1, m)
+        groups = mask.movedim(1, -1).reshape(-1, m)
         assert bool((groups.sum(1) == n).all()), f"{name}: a group of {m} does not keep exactly {n}"
         assert torch.equal(mod.weight == 0, (orig[name + '.weight'] == 0) | ~mask)
         if crit == 'magnitude':  # the n highest of each group, the earlier one among ties (stable sort)
-            sc = _inputs_last(orig[name + '.weight'].abs()).reshape(-1, m).numpy()
+            sc = orig[name + ".weight"].abs().movedim(1, -1).reshape(-1, m).numpy()
             order = np.argsort(-sc, axis=1, kind='stable')
             ref = np.zeros_like(sc, dtype=bool)
             np.put_along_axis(ref, order[:, :n], True, axis=1)
@@ -506,9 +506,9 @@ def test_lowest_k_keep_and_kth_smallest(data, xs):
 @given(data=st.data(), seed=st.integers(0, 2**31 - 1), levels=st.sampled_from([None, 3, 1000]),
        p_inf=st.sampled_from([0., 0.2]), n_parts=st.integers(1, 3))
 def test_lowest_k_keep_sampled_path(data, seed, levels, p_inf, n_parts):
-    "Beyond 2**16 (or 8·2**15) entries kth_smallest samples a bracket first: same answers as the sort reference"
+    "Beyond 2**13 entries kth_smallest brackets from a sample (beyond ~300k, the sample's own quantiles too): same answers as the sort reference"
     g = torch.Generator().manual_seed(seed)
-    n = data.draw(st.integers(2**16 + 1, 400_000))  # past the sampling threshold (2**16 now, 8·2**15 before)
+    n = data.draw(st.one_of(st.integers(2**13 + 1, 400_000), st.integers(400_000, 1_500_000)))
     x = torch.randn(n, generator=g) if levels is None else torch.randint(0, levels, (n,), generator=g).float()
     x[torch.rand(n, generator=g) < p_inf] = -math.inf
     cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), min_size=n_parts - 1, max_size=n_parts - 1, unique=True)))
@@ -519,7 +519,7 @@ def test_lowest_k_keep_sampled_path(data, seed, levels, p_inf, n_parts):
 
 def test_kth_smallest_sampled_path_with_empty_tensor():
     "An empty tensor among the inputs must not break the sampled path (it does not break the small path)"
-    x = torch.randn(8 * 2**15 + 10, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2**13 + 10, generator=torch.Generator().manual_seed(0))
     _check_kth([x[:5], x[5:]], 100)           # fine
     _check_kth([x[:0], x[:5]], 3)             # small path with an empty tensor: fine
     _check_kth([x, x[:0]], 100)               # sampled path with an empty tensor

@@ -11,46 +11,76 @@ import torch
 __all__ = ['kth_smallest', 'lowest_k_keep', 'nm_keep', 'round_kept']
 
 # %% ../../nbs/core/masks.ipynb #d5d119c0
-_sample_size,_min_sample = 1 << 15,1 << 14
+_max_sample,_direct = 1 << 18,1 << 13
 
 def _count(xs, op, v:float) -> int: return sum(int(torch.count_nonzero(op(x, v))) for x in xs)
 
-def _bracket(xs, k, lo, hi):
-    "The k-th smallest of `xs` and how many are <= it, if it lies in [lo, hi]; else None"
-    # Python floats: comparing with a 0-d tensor takes a slow broadcasting path
-    n = sum(x.numel() for x in xs)
-    n_le_lo,n_lt_hi,inside = n,0,[]
+def _sparse_nonzero(mask:torch.Tensor) -> torch.Tensor:
+    "Indices of the True entries of a flat bool `mask`, scanning it 8 bytes at a time: fast when they are few"
+    n8 = mask.numel() // 8 * 8
+    words = mask[:n8].view(torch.int64)
+    hit = words.nonzero().squeeze(1)
+    sub = words[hit].view(torch.bool).view(-1, 8).nonzero()
+    idx = hit[sub[:, 0]] * 8 + sub[:, 1]
+    return torch.cat([idx, n8 + mask[n8:].nonzero().squeeze(1)]) if n8 < mask.numel() else idx
+
+def _strided_sample(xs, stride:int) -> torch.Tensor:
+    "Every s-th entry of the concatenated `xs`, s >= `stride` and coprime to 2·3·5·7 (kernel sizes, channel counts)"
+    while math.gcd(stride, 210) > 1: stride += 1
+    parts,start = [],0
     for x in xs:
-        above,below = x > lo, x < hi
-        n_le_lo -= int(torch.count_nonzero(above))
+        parts.append(x[-start % stride::stride])
+        start += x.numel()
+    return torch.cat(parts)
+
+def _quantile_bracket(s:torch.Tensor, q1:float, q2:float, width:float) -> tuple[float, float]:
+    "The values of the flat sample `s` at quantiles q1 and q2 widened by `width` standard errors: a bracket for what it samples"
+    n = s.numel()
+    err = lambda q: width * math.sqrt(q * (1 - q) / n) + 2 / n
+    r1,r2 = max(1, math.floor((q1 - err(q1)) * n) + 1),min(n, math.ceil((q2 + err(q2)) * n) + 1)
+    if n > _direct:  # bracket ranks r1..r2 from a sample of the sample, then select inside it
+        lo,hi = _quantile_bracket(_strided_sample([s], 16), (r1 - 1) / n, r2 / n, width)
+        n_le = int(torch.count_nonzero(s <= lo))
+        inside = s[(s > lo).logical_and_(s < hi)]
+        if n_le < r1 and r2 <= n_le + inside.numel():
+            return float(inside.kthvalue(r1 - n_le).values), float(inside.kthvalue(r2 - n_le).values)
+    return float(s.kthvalue(r1).values), float(s.kthvalue(r2).values)
+
+def _bracket(xs, k, lo, hi):
+    "`(v, n_le, parts)`: the k-th smallest of `xs`, how many are <= it and, per tensor, `(x >= hi, indices and values in (lo, hi))`; None if not in [lo, hi]"
+    # Python floats: comparing with a 0-d tensor takes a slow broadcasting path
+    n_lt_hi,parts = 0,[]
+    for x in xs:
+        below = x < hi
         n_lt_hi += int(torch.count_nonzero(below))
-        inside.append(x[above.logical_and_(below)])
+        idx = _sparse_nonzero(torch.logical_and(below, x > lo))
+        parts.append((below.logical_not_(), idx, x[idx]))
+    n_le_lo = n_lt_hi - sum(idx.numel() for _,idx,_ in parts)
     if n_le_lo < k <= n_lt_hi:
-        inside = torch.cat(inside)
-        v = inside.kthvalue(k - n_le_lo).values
-        return v, n_le_lo + int(torch.count_nonzero(inside <= v))
-    if k <= n_le_lo and _count(xs, torch.lt, lo) < k: return xs[0].new_tensor(lo), n_le_lo
-    if k > n_lt_hi and (n_le_hi := _count(xs, torch.le, hi)) >= k: return xs[0].new_tensor(hi), n_le_hi
+        inside = torch.cat([vals for *_,vals in parts])
+        v = float(inside.kthvalue(k - n_le_lo).values)
+        return v, n_le_lo + int(torch.count_nonzero(inside <= v)), parts
+    if k <= n_le_lo and _count(xs, torch.lt, lo) < k: return lo, n_le_lo, None
+    if k > n_lt_hi and (n_le_hi := _count(xs, torch.le, hi)) >= k: return hi, n_le_hi, None
+
+def _kth(xs, k:int):
+    "`(v, n_le, parts)` of `_bracket` for flat `xs`; `parts` is None when no bracket was used"
+    n = sum(x.numel() for x in xs)
+    if n > _direct:
+        sample = _strided_sample(xs, max(32, n // _max_sample))
+        for width in (3, 30):
+            if (found := _bracket(xs, k, *_quantile_bracket(sample, k / n, k / n, width))) is not None: return found
+    allx = torch.cat(xs)
+    v = allx.kthvalue(k).values
+    return float(v), int(torch.count_nonzero(allx <= v)), None
 
 def kth_smallest(xs:list[torch.Tensor], k:int) -> tuple[torch.Tensor, int]:
     "The `k`-th smallest value (1-based) over all entries of the tensors `xs`, and how many entries are <= it"
-    xs = [x.flatten() for x in xs if x.numel()]
+    xs = [x.flatten() for x in xs]
     n = sum(x.numel() for x in xs)
     if not 1 <= k <= n: raise ValueError(f"k={k} must be in [1, {n}]")
-    if n > 4 * _min_sample:
-        g = torch.Generator(device=xs[0].device).manual_seed(0)
-        size = min(_sample_size, n // 16)
-        sample = torch.cat([x[torch.randint(x.numel(), (max(1, size * x.numel() // n),),
-                                             generator=g, device=x.device)] for x in xs])
-        ns,q = sample.numel(), k / n
-        for width in (6, 30):
-            d = width * math.sqrt(q * (1 - q) / ns) + 2 / ns
-            lo = float(sample.kthvalue(max(1, math.floor((q - d) * ns) + 1)).values)
-            hi = float(sample.kthvalue(min(ns, math.ceil((q + d) * ns) + 1)).values)
-            if (found := _bracket(xs, k, lo, hi)) is not None: return found
-    allx = torch.cat(xs)
-    v = allx.kthvalue(k).values
-    return v, int(torch.count_nonzero(allx <= v))
+    v,n_le,_ = _kth(xs, k)
+    return xs[0].new_tensor(v), n_le
 
 # %% ../../nbs/core/masks.ipynb #cafc4e35
 def lowest_k_keep(xs:list[torch.Tensor], k:int) -> list[torch.Tensor]:
@@ -62,32 +92,43 @@ def lowest_k_keep(xs:list[torch.Tensor], k:int) -> list[torch.Tensor]:
     if k == 0: keep = [torch.ones_like(x, dtype=torch.bool) for x in xs]
     elif k == n: keep = [torch.zeros_like(x, dtype=torch.bool) for x in xs]
     else:
-        v,n_le = kth_smallest(xs, k)
-        v = float(v)
-        keep = [x > v for x in xs]
+        flat = [x.flatten() for x in xs]
+        v,n_le,parts = _kth(flat, k)
         extra = n_le - k  # tied at v, to be kept after all: the earliest ones
-        for x,kp in zip(xs, keep):
-            if extra <= 0: break
-            tied = (x == v).flatten().nonzero().flatten()[:extra]
-            kp.view(-1)[tied] = True
-            extra -= tied.numel()
+        keep = []
+        for i,(x,f) in enumerate(zip(xs, flat)):
+            if parts is None: kp = f > v
+            else:
+                kp,idx,vals = parts[i]
+                kp[idx[vals > v]] = True
+            if extra > 0:
+                tied = (f == v).nonzero().squeeze(1) if parts is None else idx[vals == v]
+                kp[tied[:extra]] = True
+                extra -= min(extra, tied.numel())
+            keep.append(kp.view(x.shape))
     return keep[0] if single else keep
 
 # %% ../../nbs/core/masks.ipynb #77199cd1
-def nm_keep(scores:torch.Tensor, n:int, m:int) -> torch.Tensor:
-    "Boolean mask keeping the `n` highest of every `m` consecutive entries of the last dimension"
-    if scores.shape[-1] % m: raise ValueError(f"the last dimension ({scores.shape[-1]}) must be a multiple of m={m}")
-    groups = scores.reshape(-1, m)
+def nm_keep(scores:torch.Tensor, n:int, m:int, dim:int=-1) -> torch.Tensor:
+    "Boolean mask keeping the `n` highest of every `m` consecutive entries along `dim`"
+    dim = dim % scores.dim()
+    if scores.shape[dim] % m: raise ValueError(f"dimension {dim} of the scores ({scores.shape[dim]}) must be a multiple of m={m}")
+    groups = scores.unflatten(dim, (-1, m))
     if m > 16:
-        order = groups.sort(dim=1, descending=True, stable=True).indices
-        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order[:, :n], True)
-        return keep.reshape(scores.shape)
-    cols = groups.t().contiguous()
-    rank = torch.zeros(cols.shape, dtype=torch.uint8, device=scores.device)
-    for i in range(m):
-        for j in range(m):
-            if i != j: rank[i] += (cols[j] >= cols[i]) if j < i else (cols[j] > cols[i])
-    return (rank < n).t().reshape(scores.shape)
+        order = groups.sort(dim=dim + 1, descending=True, stable=True).indices
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(dim + 1, order.narrow(dim + 1, 0, n), True)
+        return keep.flatten(dim, dim + 1)
+    shape = [1] * groups.dim()
+    shape[dim + 1] = m
+    # rank = how many members outrank this one; member j starts at j, as if every earlier one won its tie
+    rank = torch.arange(m, dtype=torch.uint8, device=scores.device).view(shape).expand(groups.shape).contiguous()
+    cols,ranks = groups.unbind(dim + 1),rank.unbind(dim + 1)
+    for j in range(1, m):
+        for i in range(j):
+            beats = (cols[j] > cols[i]).view(torch.uint8)
+            ranks[i].add_(beats)
+            ranks[j].sub_(beats)
+    return (rank < n).flatten(dim, dim + 1)
 
 # %% ../../nbs/core/masks.ipynb #64ca40e3
 def round_kept(kept:int, units:int, r:int|None) -> int:

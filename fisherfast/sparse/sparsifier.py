@@ -43,10 +43,6 @@ def _check_round_to(round_to):
         raise ValueError(f"round_to={round_to!r} must be an integer >= 1 or None")
     return round_to
 
-def _inputs_last(t:torch.Tensor) -> torch.Tensor:
-    "View a `(out, in, *k)` tensor as `(out, *k, in)`, so groups of inputs are contiguous in the last dim"
-    return t.movedim(1, -1)
-
 # %% ../../nbs/sparse/sparsifier.ipynb #641c7934
 class Sparsifier:
     "Prunes the `layer_type` layers of `model` by `criteria` at `granularity`, in a local or global `context`"
@@ -74,7 +70,7 @@ class Sparsifier:
         if self.criteria.recompute > 1 and not hasattr(stats, 'recollect'):
             raise ValueError(f"criteria={self.criteria.name!r} with recompute={self.criteria.recompute} re-collects "
                              f"statistics between steps: pass stats=calibrate(model, dl, loss_func), which can")
-        self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._fmask,self.saliency = {},{},{},{},{},{}
+        self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._mult,self.saliency = {},{},{},{},{},{}
 
     def _check_nm(self, skip):
         n,m = self.nm
@@ -164,7 +160,7 @@ def _global_keep(self:Sparsifier, units:dict, sparsity:float, round_to) -> dict:
 @patch
 def _nm_keep(self:Sparsifier, scores:torch.Tensor) -> torch.Tensor:
     n,m = self.nm
-    return nm_keep(_inputs_last(scores), n, m).movedim(-1, 1)
+    return nm_keep(scores, n, m, dim=1)
 
 @patch
 def _check_nm_target(self:Sparsifier, targets):
@@ -203,23 +199,23 @@ def _commit(self:Sparsifier, plan:dict, update:bool=True):
         out_units = b is not None and self.nm is None and self.granularity.prunes_outputs(w.shape)
         self._bias_keep[name] = units.reshape(-1) if out_units else None
         self._n_pruned[name] = units.numel() - int(torch.count_nonzero(units))
-        if self._n_pruned[name] == 0: self._fmask[name] = None
+        if self._n_pruned[name] == 0: self._mult[name] = None
         else:
             broadcasts = self.nm is not None or units.dim() == w.dim() and all(
                 u == s or u == 1 for u,s in zip(units.shape, w.shape))
-            self._fmask[name] = ((units if broadcasts else keep).to(w.dtype),
-                                 units.reshape(-1).to(b.dtype) if out_units else None)
+            self._mult[name] = ((units if broadcasts else keep).view(torch.uint8),
+                                units.reshape(-1).view(torch.uint8) if out_units else None)
     self.apply_masks(plan)
 
 @patch
 def apply_masks(self:Sparsifier, names=None):
     "Zero every pruned weight (and pruned bias) again, e.g. after an optimizer step"
     with torch.no_grad():
-        for name in (self._fmask if names is None else names):
-            fm = self._fmask[name]
-            if fm is None: continue
-            self._w(name).mul_(fm[0])
-            if fm[1] is not None: self.layers[name].bias.mul_(fm[1])
+        for name in (self._mult if names is None else names):
+            mult = self._mult[name]
+            if mult is None: continue
+            self._w(name).mul_(mult[0])
+            if mult[1] is not None: self.layers[name].bias.mul_(mult[1])
 
 @patch(as_prop=True)
 def masks(self:Sparsifier) -> dict:
@@ -354,5 +350,5 @@ def load_state_dict(self:Sparsifier, state:dict):
 def squash(self:Sparsifier) -> nn.Module:
     "Make the pruning permanent and drop every mask and saved weight; returns the plain model"
     self.apply_masks()
-    self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._fmask,self.saliency,self._init = {},{},{},{},{},{},{}
+    self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._mult,self.saliency,self._init = {},{},{},{},{},{},{}
     return self.model
