@@ -4,9 +4,9 @@ For d weights (default 1M) and m per-sample gradients (default 256, random N(0, 
 it builds the block-diagonal inverse damped empirical Fisher F̂_b⁻¹, F̂_b = λI + G_bᵀG_b/m, for block sizes
 B = 128 and 1024, in two ways, on CPU, in float32:
 
-- **ours**: `fisherfast.fisher.obs.block_inverse`, every block at once: Cholesky of the B×B blocks when
-  B <= m, the Woodbury identity F̂_b⁻¹ = λ⁻¹[I − G_bᵀ(mλI + G_bG_bᵀ)⁻¹G_b] (an m×m Cholesky) when m < B
-  (also forced for B <= m, as a second row); and for m < B the implicit (M-FAC) factor that
+- **ours**: `fisherfast.fisher.obs.block_inverse`, batched over blocks (in cache-sized chunks): a block
+  Cholesky of the B×B blocks when B <= m, the Woodbury identity F̂_b⁻¹ = λ⁻¹[I − G_bᵀ(mλI + G_bG_bᵀ)⁻¹G_b]
+  (an m×m Cholesky) when m < B (also forced for B <= m, as a second row); and for m < B the implicit (M-FAC) factor that
   `woodfisher(form='auto')` keeps instead of the explicit blocks;
 - **rank-1 loop**: the reference implementation's recursion, written plainly (batched over blocks, as
   oBERT/SparseML do): start from λ⁻¹I and, for each of the m gradients g,

@@ -5,6 +5,7 @@
 # %% ../../nbs/fisher/obs.ipynb #0053f51c
 from __future__ import annotations
 import math, weakref
+from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,8 +31,13 @@ def from_blocks(x:torch.Tensor, d:int) -> torch.Tensor:
     return x.flatten(-2)[..., :d]
 
 def grad_blocks(g:torch.Tensor, block_size:int) -> torch.Tensor:
-    "Per-sample gradients `(m, d)` as `(n_blocks, m, block_size)`"
-    return to_blocks(g, block_size).transpose(0, 1).contiguous()
+    "Per-sample gradients `(m, d)` as `(n_blocks, m, block_size)`, contiguous, in one copy of `g`"
+    m,d = g.shape
+    n = d // block_size                                   # full blocks; only the last one needs padding
+    out = g.new_empty(-(-d // block_size), m, block_size)
+    out[:n] = g[:, :n * block_size].unflatten(1, (n, block_size)).transpose(0, 1)
+    out[n:] = to_blocks(g[:, n * block_size:], block_size).transpose(0, 1)
+    return out
 
 # %% ../../nbs/fisher/obs.ipynb #013dbe8f
 def _eye(n, like): return torch.eye(n, dtype=like.dtype, device=like.device)
@@ -40,20 +46,71 @@ def _woodbury_factor(G:torch.Tensor, damp:float) -> torch.Tensor:
     "`A_b = L_b⁻¹G_b` with `L_b L_bᵀ = mλI + G_b G_bᵀ`, for every block of `G` `(n_blocks, m, B)` at once"
     m = G.shape[1]
     L = torch.linalg.cholesky(torch.baddbmm(_eye(m, G).mul(m * damp), G, G.mT))
-    return torch.linalg.solve_triangular(L, G, upper=False)
+    # solved as `AᵀLᵀ = Gᵀ`: LAPACK then reads `G` and writes `A` in place, without transposed copies (1.5× faster)
+    return torch.linalg.solve_triangular(L.mT, G.mT, upper=True, left=False).mT
+
+def _woodbury_inverse(G:torch.Tensor, damp:float, out:torch.Tensor):
+    "`out` ← `λ⁻¹(I − AᵀA)`, the inverse blocks for a chunk of blocks `G` `(k, m, B)`, by the Woodbury identity"
+    A = _woodbury_factor(G, damp)
+    torch.bmm(A.mT, A, out=out).neg_()
+    out.diagonal(dim1=-2, dim2=-1).add_(1)
+    out.div_(damp)
+
+class _Work:
+    "Work buffers by name and shape, allocated on first use for chunks of up to `k` blocks, then reused"
+    def __init__(self, k:int, like:torch.Tensor): self.k,self.like,self.bufs = k,like,{}
+    def __call__(self, name:str, k:int, r:int, c:int, lapack:bool=False) -> torch.Tensor:
+        "The first `k` of buffer `name` `(·, r, c)`; column-major if `lapack`, the layout LAPACK writes"
+        key = name,r,c
+        if key not in self.bufs: self.bufs[key] = self.like.new_empty(self.k, c, r).mT if lapack else self.like.new_empty(self.k, r, c)
+        return self.bufs[key][:k]
+
+def _chol_inverse(F:torch.Tensor, L:torch.Tensor, inv:torch.Tensor, work:_Work):
+    "`L` ← the Cholesky factor and `inv` ← the inverse of SPD `F` `(k, n, n)`: LAPACK below `n = 64`, else halves"
+    n = F.shape[-1]
+    if n < 64: return torch.cholesky_inverse(torch.linalg.cholesky(F, out=L), out=inv)
+    h = n // 2
+    _block_inverse(F[:, :h, :h], F[:, h:, :h], F[:, h:, h:], inv, work, L)
+
+def _block_inverse(A, B, C, out:torch.Tensor, work:_Work, L=None):
+    "`out` ← the inverse of SPD `[[A, Bᵀ], [B, C]]`, and `L` ← its Cholesky factor if given, by block Cholesky"
+    k,h,r = A.shape[0],A.shape[-1],C.shape[-1]
+    La,Ai,Ls,Si = work('La', k, h, h, True),work('Ai', k, h, h),work('Ls', k, r, r, True),work('Si', k, r, r)
+    L21,X = work('L21', k, r, h, True),work('X', k, r, h, True)
+    _chol_inverse(A, La, Ai, work)
+    torch.linalg.solve_triangular(La.mT, B, upper=True, left=False, out=L21)   # L21 = B L_A⁻ᵀ
+    S = torch.baddbmm(C, L21, L21.mT, alpha=-1, out=work('S', k, r, r))         # S = C − L21 L21ᵀ
+    _chol_inverse(S, Ls, Si, work)
+    torch.linalg.solve_triangular(La, L21, upper=False, left=False, out=X)       # X = L21 L_A⁻¹ = BA⁻¹
+    nY = torch.bmm(Si, X, out=out[:, h:, :h]).neg_()                              # −S⁻¹X
+    out[:, :h, h:] = nY.mT
+    out[:, h:, h:] = Si
+    out[:, :h, :h] = Ai.baddbmm_(X.mT, nY, alpha=-1)                              # A⁻¹ + XᵀS⁻¹X
+    if L is not None: L[:, :h, :h],L[:, h:, :h],L[:, h:, h:] = La,L21,Ls         # upper block unset: never read
+
+def _fisher_inverse(G:torch.Tensor, damp:float, out:torch.Tensor, work:_Work):
+    "`out` ← `(λI + GᵀG/m)⁻¹` for a chunk of blocks `G` `(k, m, B)`, forming the blocks `A, B, C` of `GᵀG` only"
+    k,m,B = G.shape
+    def gram(X, name):
+        n = X.shape[-1]
+        return torch.baddbmm(_eye(n, X).mul(damp), X.mT, X, alpha=1 / m, out=work(name, k, n, n))
+    if B < 64: return _chol_inverse(gram(G, 'F'), work('L', k, B, B, True), out, work)
+    G1,G2 = G[..., :B // 2],G[..., B // 2:]
+    Bm = torch.bmm(G2.mT, G1, out=work('B', k, G2.shape[-1], G1.shape[-1])).div_(m)
+    _block_inverse(gram(G1, 'A'), Bm, gram(G2, 'C'), out, work)
+
+_chunk = 2**20  # elements of `G` or of the result per chunk of blocks on CPU (4 MB in float32)
 
 def block_inverse(G:torch.Tensor, damp:float, via:str='auto') -> torch.Tensor:
-    "The inverses `(n_blocks, B, B)` of `λI + G_bᵀG_b/m` for `G` `(n_blocks, m, B)`, all blocks at once"
+    "The inverses `(n_blocks, B, B)` of `λI + G_bᵀG_b/m` for `G` `(n_blocks, m, B)`, batched over blocks"
     nb,m,B = G.shape
     if via == 'auto': via = 'fisher' if B <= m else 'woodbury'
-    if via == 'fisher':
-        Fb = torch.baddbmm(_eye(B, G).mul(damp), G.mT, G, alpha=1 / m)
-        return torch.cholesky_inverse(torch.linalg.cholesky(Fb))
-    if via != 'woodbury': raise ValueError(f"via={via!r} is not known; valid: 'auto', 'fisher', 'woodbury'")
-    A = _woodbury_factor(G, damp)
-    inv = torch.bmm(A.mT, A).neg_()
-    inv.diagonal(dim1=-2, dim2=-1).add_(1)
-    return inv.div_(damp)
+    if via not in ('fisher', 'woodbury'): raise ValueError(f"via={via!r} is not known; valid: 'auto', 'fisher', 'woodbury'")
+    k = max(1, _chunk // (B * max(B, m))) if G.device.type == 'cpu' else nb
+    inverse = _woodbury_inverse if via == 'woodbury' else partial(_fisher_inverse, work=_Work(min(k, nb), G))
+    out = G.new_empty(nb, B, B)
+    for i in range(0, nb, k): inverse(G[i:i+k], damp, out[i:i+k])
+    return out
 
 # %% ../../nbs/fisher/obs.ipynb #23bd8ff0
 class ImplicitInverse:

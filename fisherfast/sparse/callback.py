@@ -147,6 +147,12 @@ class SparsifyCallback(Callback):
             if target != self.target and (self.stats is None or self.stats.n > 0): return self._prune(target, step, pct)
         self.sparsifier.apply_masks()
 
+    def after_train(self):
+        "Reach the final target after the last epoch, also when the loader yields fewer batches than `len` says"
+        # fastai's `DistributedDL` counts the batch that `drop_last` drops, so `after_step` never sees pct = 1
+        if self.epoch < self.n_epoch - 1 or (self.stats is not None and self.stats.n == 0): return
+        if (target := self._target(1.)) != self.target: self._prune(target, self.epoch * self.n_iter + self.iter + 1, 1.)
+
     def after_fit(self):
         "Drop the metric column and write a summary"
         self.learn.metrics = [m for m in self.learn.metrics if m is not self._metric]
