@@ -1,22 +1,31 @@
-"""Gradual pruning during training: fisherfast's `SparsifyCallback` against dense training and fasterai 0.4.1.
+"""Gradual pruning during training: fisherfast's `SparsifyCallback` against dense training and fasterai 0.4.1, over seeds.
 
-The Fashion-MNIST CNN (conv 1→16→32 with pooling, Linear head), `fit_one_cycle` with Adam, on a
-seeded subset of the training set, validated on the 10k test images. Every pruning run uses agp over
-the same window of training (by default 5% to 60%, then fine-tuning), global weight pruning of every Conv2d
-and Linear layer, to 90% and 95%:
+The Fashion-MNIST CNN `fashion_cnn(hidden=64)`: conv 1→16→32 (3×3, each with ReLU and 2×2 max-pooling), then
+Linear 1568→64→10, 105,744 prunable weights. `fit_one_cycle` with Adam on a seeded subset of the training set
+(the same subset for every run), validated on the 10k test images. Every pruning run uses agp over the same
+window of training (by default 20% to 80%, then fine-tuning), global weight pruning of every Conv2d and Linear
+layer, to 90% and 95%:
 
 - dense: no pruning (the reference for accuracy and time);
-- fisherfast magnitude / obd (½·F·w², eFIM from the training gradients) / woodfisher (OBS, last
-  n_grads training gradients), the target checked about 200 times per fit (the default);
-- fasterai 0.4.1 `SparsifyCallback` with `large_final` (magnitude) and its agp.
+- fisherfast magnitude / obd (½·F·w², eFIM from the training gradients) / woodfisher (OBS with 128-weight blocks
+  of the inverse eFIM from the last `--n-grads` training gradients, and the OBS update of the survivors), the
+  target checked about 200 times per fit (the default);
+- fasterai 0.4.1 `SparsifyCallback` with `large_final` (magnitude) and its agp, over the same window.
 
-Time: the median over epochs of the training phase of one epoch (validation excluded), as a ratio to
-the dense fit's; and, steadier on a shared machine, the time spent inside the pruning callback's step
-events per epoch, as a fraction of the dense epoch. Batches are sliced from in-memory tensors, so
-the ratios show the callback's cost, not the data loading's.
+Every configuration runs once per seed (the seed sets the initial weights and the batch order); the table shows
+the mean and the standard deviation over the seeds, the per-seed accuracies, and the mean of the paired
+differences (same seed) with dense and with fasterai. The goals are judged on those means.
 
-    .venv/bin/python bench/gradual.py                 # about 7 minutes, one thread
-    .venv/bin/python bench/gradual.py --n-train 60000 --epochs 8
+`--hidden 0` runs the smaller CNN of the first version of this bench (Linear 1568→10 head, 20,432 weights; at
+90% it keeps 2k weights and every method stays more than a point below dense, see the README).
+
+Time: the median over epochs of the training phase of one epoch (validation excluded), as a ratio to the dense
+fits' mean; and, steadier on a shared machine, the time spent inside the pruning callback's step events per
+epoch, as a fraction of the dense epoch. Batches are sliced from in-memory tensors, so the ratios show the
+callback's cost, not the data loading's.
+
+    .venv/bin/python bench/gradual.py                      # about 17 minutes on one idle thread (3 seeds)
+    .venv/bin/python bench/gradual.py --seeds 0 --hidden 0 --start 0.05 --end 0.6   # the first version's setting
 """
 import argparse, contextlib, io, statistics, time, warnings
 warnings.filterwarnings('ignore')
@@ -40,6 +49,7 @@ except ImportError: obd = None
 try: from fisherfast.fisher.obs import woodfisher
 except ImportError: woodfisher = None
 
+FA = 'fasterai 0.4.1 large_final'
 
 
 class TensorDL(DataLoader):
@@ -71,35 +81,41 @@ class _Mark(Callback):
     before_step = after_step = _mark
 
 
-def run(data, epochs, lr, bs, cb=None, seed=0):
+def prunable(model): return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def run(data, epochs, lr, bs, hidden, cb=None, seed=0):
     set_seed(seed)
     x, y, xv, yv = data
     dls = DataLoaders(TensorDL(x, y, bs=bs, shuffle=True, drop_last=True), TensorDL(xv, yv, bs=1000))
-    learn = Learner(dls, fashion_cnn(hidden=None, seed=seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    learn = Learner(dls, fashion_cnn(hidden=hidden, seed=seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     timer,ct = TrainTimer(),CallbackTimer(getattr(cb, 'order', 0))
     with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):  # fasterai prints
         learn.fit_one_cycle(epochs, lr, cbs=[timer, ct.lo, ct.hi] + ([cb] if cb else []))
-    layers = [m for m in learn.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = prunable(learn.model)
     sparsity = sum(int((m.weight == 0).sum()) for m in layers) / sum(m.weight.numel() for m in layers)
     return dict(accuracy=100 * learn.recorder.values[-1][2], sparsity=100 * sparsity, epoch_s=statistics.median(timer.times),
                 cb_s=ct.total / epochs)
 
 
-def configs(s, n_grads, start, end):
-    window = agp.window(start, end)
+def configs(s, a):
+    window = agp.window(a.start, a.end)
     ours = lambda crit, **kw: lambda: SparsifyCallback(s, 'weight', 'global', crit, schedule=window, **kw)
     res = {'fisherfast magnitude': ours(magnitude)}
     if obd is not None: res['fisherfast obd'] = ours(obd)
     if woodfisher is not None:
-        res['fisherfast woodfisher'] = ours(woodfisher(block_size=128, n_grads=n_grads, damp=1e-5), n_grads=n_grads)
+        res['fisherfast woodfisher'] = ours(woodfisher(block_size=128, n_grads=a.n_grads, damp=a.damp), n_grads=a.n_grads)
     def fasterai():
         from fasterai.sparse.sparsify_callback import SparsifyCallback as FaSparsify
         from fasterai.core.criteria import large_final
         from fasterai.core.schedule import Schedule, sched_agp
-        return FaSparsify(s, 'weight', 'global', large_final, Schedule(sched_agp, start_pct=start, end_pct=end),
+        return FaSparsify(s, 'weight', 'global', large_final, Schedule(sched_agp, start_pct=a.start, end_pct=a.end),
                           layer_type=(nn.Conv2d, nn.Linear))
-    res['fasterai 0.4.1 large_final'] = fasterai
+    res[FA] = fasterai
     return res
+
+
+def mean_sd(xs): return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.)
 
 
 def main():
@@ -108,51 +124,68 @@ def main():
     p.add_argument('--epochs', type=int, default=6)
     p.add_argument('--bs', type=int, default=128)
     p.add_argument('--lr', type=float, default=3e-3)
+    p.add_argument('--hidden', type=int, default=64, help='hidden units of the CNN head (0: Linear 1568→10, the first version)')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='one run of every configuration per seed')
     p.add_argument('--n-grads', type=int, default=64, help='gradients kept for woodfisher')
+    p.add_argument('--damp', type=float, default=1e-5, help='woodfisher dampening')
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95])
-    p.add_argument('--start', type=float, default=0.05, help='pruning starts at this fraction of training')
-    p.add_argument('--end', type=float, default=0.6, help='and reaches the target at this one')
+    p.add_argument('--start', type=float, default=0.2, help='pruning starts at this fraction of training')
+    p.add_argument('--end', type=float, default=0.8, help='and reaches the target at this one')
     p.add_argument('--threads', type=int, default=1, help='torch threads (1: steadier timings on a shared machine)')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    hidden = a.hidden or None
     x, y, xv, yv = fashion_mnist_tensors()
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:a.n_train]
     data = (x[idx], y[idx], xv, yv)
-    print(f"Fashion-MNIST CNN conv 1-16-32 + Linear ({sum(m.weight.numel() for m in fashion_cnn(hidden=None).modules() if isinstance(m, (nn.Conv2d, nn.Linear))):,} "
-          f"prunable weights); {a.n_train:,} training images, 10,000 test; fit_one_cycle({a.epochs}, {a.lr}), bs {a.bs}, "
-          f"{torch.get_num_threads()} threads; pruning: agp over {a.start:.0%}-{a.end:.0%} of training, weight, global\n", flush=True)
+    head = f"Linear 1568-{hidden}-10" if hidden else "Linear 1568-10"
+    n_w = sum(m.weight.numel() for m in prunable(fashion_cnn(hidden=hidden)))
+    print(f"Fashion-MNIST CNN conv 1-16-32 + {head} ({n_w:,} prunable weights); {a.n_train:,} training images, 10,000 test; "
+          f"fit_one_cycle({a.epochs}, {a.lr}), bs {a.bs}, {torch.get_num_threads()} threads; pruning: agp over "
+          f"{a.start:.0%}-{a.end:.0%} of training, weight, global; seeds {' '.join(map(str, a.seeds))}\n", flush=True)
     t0 = time.perf_counter()
-    dense = run(data, a.epochs, a.lr, a.bs)
-    rows = [dict(method='dense', target=0., **dense)]
-    print(f"dense: {dense['accuracy']:.2f}%  {dense['epoch_s']:.2f} s/epoch", flush=True)
-    for s in a.sparsities:
-        for name, make in configs(s, a.n_grads, a.start, a.end).items():
-            r = run(data, a.epochs, a.lr, a.bs, make())
-            rows.append(dict(method=name, target=100 * s, **r))
-            print(f"{name} {s:.0%}: {r['accuracy']:.2f}%  sparsity {r['sparsity']:.2f}%  {r['epoch_s']:.2f} s/epoch", flush=True)
-    again = run(data, a.epochs, a.lr, a.bs)  # dense again: how much the timings drift on a shared machine
-    ref = statistics.mean([dense['epoch_s'], again['epoch_s']])
-    print(f"\n{'method':<28}{'target':>7}{'accuracy':>10}{'vs dense':>10}{'sparsity':>10}{'time/epoch':>12}{'callback':>10}")
-    for r in rows:
-        print(f"{r['method']:<28}{r['target']:>6.0f}%{r['accuracy']:>9.2f}%{r['accuracy'] - dense['accuracy']:>+10.2f}"
-              f"{r['sparsity']:>9.2f}%{r['epoch_s'] / ref:>11.3f}x{r['cb_s'] / ref:>+9.1%}")
-    print(f"(time/epoch: median training phase over epochs, relative to the mean of two dense fits, "
-          f"{dense['epoch_s']:.2f} s and {again['epoch_s']:.2f} s, which shows the noise of a shared machine;\n"
-          f" callback: seconds per epoch spent inside the pruning callback's step events, as a fraction of the dense epoch; "
+    res = {}  # (method, target) -> [result per seed]
+    for seed in a.seeds:
+        r = run(data, a.epochs, a.lr, a.bs, hidden, seed=seed)
+        res.setdefault(('dense', 0.), []).append(r)
+        print(f"seed {seed} dense: {r['accuracy']:.2f}%  {r['epoch_s']:.2f} s/epoch", flush=True)
+        for s in a.sparsities:
+            for name, make in configs(s, a).items():
+                r = run(data, a.epochs, a.lr, a.bs, hidden, make(), seed=seed)
+                res.setdefault((name, 100 * s), []).append(r)
+                print(f"seed {seed} {name} {s:.0%}: {r['accuracy']:.2f}%  sparsity {r['sparsity']:.2f}%  {r['epoch_s']:.2f} s/epoch", flush=True)
+    again = run(data, a.epochs, a.lr, a.bs, hidden, seed=a.seeds[0])  # dense again: how much the timings drift
+    dense_s = [r['epoch_s'] for r in res['dense', 0.]] + [again['epoch_s']]
+    ref = statistics.mean(dense_s)
+    acc = {k: [r['accuracy'] for r in v] for k,v in res.items()}
+    def paired(k, other):
+        return mean_sd([u - v for u,v in zip(acc[k], acc[other])]) if other in acc else (float('nan'), 0.)
+    print(f"\n{'method':<28}{'target':>7}{'accuracy':>16}{'vs dense':>14}{'vs fasterai':>15}{'sparsity':>10}"
+          f"{'time/epoch':>12}{'callback':>10}   per seed")
+    for k,v in res.items():
+        m,sd = mean_sd(acc[k])
+        d,dsd = paired(k, ('dense', 0.))
+        f,fsd = paired(k, (FA, k[1])) if k[0] not in ('dense', FA) else (float('nan'), 0.)
+        vs_fa = f"{f:+7.2f} ±{fsd:<5.2f}" if f == f else f"{'':>14}"
+        print(f"{k[0]:<28}{k[1]:>6.0f}%{m:>9.2f} ±{sd:<5.2f}{d:>+7.2f} ±{dsd:<5.2f} {vs_fa}"
+              f"{statistics.mean(r['sparsity'] for r in v):>9.2f}%{statistics.median(r['epoch_s'] for r in v) / ref:>11.3f}x"
+              f"{statistics.mean(r['cb_s'] for r in v) / ref:>+9.1%}   " + ' '.join(f"{x:.2f}" for x in acc[k]))
+    print(f"(accuracy: mean ± sd over {len(a.seeds)} seeds; vs dense / vs fasterai: mean ± sd of the per-seed differences;\n"
+          f" time/epoch: median over seeds of the median training phase, relative to the mean of {len(dense_s)} dense fits "
+          f"({min(dense_s):.2f}-{max(dense_s):.2f} s, the noise of a shared machine);\n"
+          f" callback: seconds per epoch inside the pruning callback's step events, as a fraction of the dense epoch; "
           f"total {time.perf_counter() - t0:.0f} s)")
-    by = {(r['method'], r['target']): r for r in rows}
-    fa = 'fasterai 0.4.1 large_final'
-    print("\ngoals:")
-    for name in [n for n in configs(0.9, a.n_grads, a.start, a.end) if n != fa]:
-        if (name, 90.) in by:
-            d = by[name, 90.]['accuracy'] - dense['accuracy']
-            print(f"  {name} 90% within 1 point of dense: {d:+.2f} {'met' if d >= -1 else 'MISSED'}")
-        if (name, 95.) in by and (fa, 95.) in by:
-            d = by[name, 95.]['accuracy'] - by[fa, 95.]['accuracy']
-            print(f"  {name} 95% at least 1 point above fasterai: {d:+.2f} {'met' if d >= 1 else 'MISSED'}")
+    print("\ngoals (on the means over seeds):")
+    for name in [n for n in configs(0.9, a) if n != FA]:
+        if (name, 90.) in acc:
+            d,sd = paired((name, 90.), ('dense', 0.))
+            print(f"  {name} 90% within 1 point of dense: {d:+.2f} ±{sd:.2f} {'met' if d >= -1 else 'MISSED'}")
+        if (name, 95.) in acc and (FA, 95.) in acc:
+            d,sd = paired((name, 95.), (FA, 95.))
+            print(f"  {name} 95% at least 1 point above fasterai: {d:+.2f} ±{sd:.2f} {'met' if d >= 1 else 'MISSED'}")
     for name, limit in [('fisherfast magnitude', 1.05), ('fisherfast obd', 1.15)]:
-        ts = [by[k]['epoch_s'] / ref for k in by if k[0] == name]
-        cs = [by[k]['cb_s'] / ref for k in by if k[0] == name]
+        ts = [statistics.median(r['epoch_s'] for r in v) / ref for k,v in res.items() if k[0] == name]
+        cs = [statistics.mean(r['cb_s'] for r in v) / ref for k,v in res.items() if k[0] == name]
         if ts: print(f"  {name} overhead <= {limit - 1:.0%}: wall clock {max(ts) - 1:+.1%}, inside the callback {max(cs):+.1%} "
                      f"{'met' if max(cs) <= limit - 1 else 'MISSED'} (by the callback's own time)")
 
