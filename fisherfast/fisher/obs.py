@@ -30,13 +30,17 @@ def from_blocks(x:torch.Tensor, d:int) -> torch.Tensor:
     "Undo `to_blocks`: flatten the last two dims and drop the padding"
     return x.flatten(-2)[..., :d]
 
-def grad_blocks(g:torch.Tensor, block_size:int) -> torch.Tensor:
-    "Per-sample gradients `(m, d)` as `(n_blocks, m, block_size)`, contiguous, in one copy of `g`"
-    m,d = g.shape
-    n = d // block_size                                   # full blocks; only the last one needs padding
-    out = g.new_empty(-(-d // block_size), m, block_size)
-    out[:n] = g[:, :n * block_size].unflatten(1, (n, block_size)).transpose(0, 1)
-    out[n:] = to_blocks(g[:, n * block_size:], block_size).transpose(0, 1)
+def grad_blocks(g:torch.Tensor, block_size:int, start:int=0, stop:int|None=None, out:torch.Tensor|None=None) -> torch.Tensor:
+    "Blocks `start:stop` of per-sample gradients `(m, d)` as `(k, m, block_size)`, copied into `out` or a new tensor"
+    (m,d),B = g.shape,block_size
+    stop = -(-d // B) if stop is None else stop
+    out = g.new_empty(stop - start, m, B) if out is None else out[:stop - start]
+    n = min(stop, d // B) - start                         # full blocks; only the last one of `g` needs padding
+    out[:n] = g[:, start * B:(start + n) * B].unflatten(1, (n, B)).transpose(0, 1)
+    if n < len(out):
+        r = d - (start + n) * B
+        out[n, :, :r] = g[:, d - r:]
+        out[n, :, r:] = 0
     return out
 
 # %% ../../nbs/fisher/obs.ipynb #013dbe8f
@@ -101,15 +105,18 @@ def _fisher_inverse(G:torch.Tensor, damp:float, out:torch.Tensor, work:_Work):
 
 _chunk = 2**20  # elements of `G` or of the result per chunk of blocks on CPU (4 MB in float32)
 
-def block_inverse(G:torch.Tensor, damp:float, via:str='auto') -> torch.Tensor:
-    "The inverses `(n_blocks, B, B)` of `λI + G_bᵀG_b/m` for `G` `(n_blocks, m, B)`, batched over blocks"
-    nb,m,B = G.shape
+def block_inverse(G:torch.Tensor, damp:float, via:str='auto', block_size:int|None=None) -> torch.Tensor:
+    "The inverses `(n_blocks, B, B)` of `λI + G_bᵀG_b/m` for blocked gradients `G` `(n_blocks, m, B)`, batched over blocks"
+    if block_size is None: nb,m,B = G.shape
+    else: (m,d),B = G.shape,block_size; nb = -(-d // B)  # `G` `(m, d)`, blocked a chunk at a time
     if via == 'auto': via = 'fisher' if B <= m else 'woodbury'
     if via not in ('fisher', 'woodbury'): raise ValueError(f"via={via!r} is not known; valid: 'auto', 'fisher', 'woodbury'")
-    k = max(1, _chunk // (B * max(B, m))) if G.device.type == 'cpu' else nb
-    inverse = _woodbury_inverse if via == 'woodbury' else partial(_fisher_inverse, work=_Work(min(k, nb), G))
+    k = min(max(1, _chunk // (B * max(B, m))) if G.device.type == 'cpu' else nb, nb)
+    inverse = _woodbury_inverse if via == 'woodbury' else partial(_fisher_inverse, work=_Work(k, G))
+    buf = None if block_size is None else G.new_empty(k, m, B)
     out = G.new_empty(nb, B, B)
-    for i in range(0, nb, k): inverse(G[i:i+k], damp, out[i:i+k])
+    for i in range(0, nb, k):
+        inverse(G[i:i+k] if buf is None else grad_blocks(G, B, i, min(i + k, nb), buf), damp, out[i:i+k])
     return out
 
 # %% ../../nbs/fisher/obs.ipynb #23bd8ff0
@@ -124,8 +131,8 @@ class ImplicitInverse:
         return (v - (self.A.mT @ (self.A @ v.unsqueeze(-1))).squeeze(-1)) / self.damp
 
 class ExplicitInverse:
-    "Block-diagonal `F̂⁻¹` stored as its `(n_blocks, B, B)` blocks"
-    def __init__(self, G:torch.Tensor, damp:float): self.inv = block_inverse(G, damp)
+    "Block-diagonal `F̂⁻¹` stored as its `(n_blocks, B, B)` blocks, from `G` as `block_inverse` takes it"
+    def __init__(self, G:torch.Tensor, damp:float, block_size:int|None=None): self.inv = block_inverse(G, damp, block_size=block_size)
     def diag(self) -> torch.Tensor: return self.inv.diagonal(dim1=-2, dim2=-1)
     def __matmul__(self, v:torch.Tensor) -> torch.Tensor: return (self.inv @ v.unsqueeze(-1)).squeeze(-1)
 
@@ -194,9 +201,10 @@ class _WoodFisher:
         hit = self.cache.get(layer.module)
         if hit is not None and hit[0]() is grads and torch.equal(hit[3], alive): return hit[1:]
         G = grads[:self.n_grads].to(device=w.device, dtype=self.dtype) * alive
-        G = grad_blocks(G, self.block_size)
-        implicit = self.form == 'implicit' or (self.form == 'auto' and G.shape[1] < self.block_size)
-        inv = (ImplicitInverse if implicit else ExplicitInverse)(G, self.damp)
+        if self.form == 'implicit' or (self.form == 'auto' and len(G) < self.block_size):
+            G = grad_blocks(G, self.block_size)
+            inv = ImplicitInverse(G, self.damp)
+        else: inv = ExplicitInverse(G, self.damp, self.block_size)  # blocks `G` a chunk at a time: no blocked copy
         self.cache[layer.module] = (weakref.ref(grads), inv, G, alive)
         return inv, G, alive
 
