@@ -440,6 +440,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                  'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier._w': ( 'sparse/sparsifier.html#sparsifier._w',
                                                                                               'fisherfast/sparse/sparsifier.py'),
+                                              'fisherfast.sparse.sparsifier.Sparsifier._zero': ( 'sparse/sparsifier.html#sparsifier._zero',
+                                                                                                 'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier.apply_masks': ( 'sparse/sparsifier.html#sparsifier.apply_masks',
                                                                                                        'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier.bias_masks': ( 'sparse/sparsifier.html#sparsifier.bias_masks',

@@ -46,30 +46,37 @@ def _quantile_bracket(s:torch.Tensor, q1:float, q2:float, width:float) -> tuple[
             return float(inside.kthvalue(r1 - n_le).values), float(inside.kthvalue(r2 - n_le).values)
     return float(s.kthvalue(r1).values), float(s.kthvalue(r2).values)
 
-def _bracket(xs, k, lo, hi):
-    "`(v, n_le, parts)`: the k-th smallest of `xs`, how many are <= it and, per tensor, `(x >= hi, indices and values in (lo, hi))`; None if not in [lo, hi]"
+def _bracket(xs, k, lo, hi, scratch):
+    "`(v, n_le, parts)`: the k-th smallest of `xs`, how many are <= it and, per tensor, `(x >= hi, its count, indices and values in (lo, hi))`; None if not in [lo, hi]"
     # Python floats: comparing with a 0-d tensor takes a slow broadcasting path
-    n_lt_hi,parts = 0,[]
+    n_ge_hi,parts = 0,[]
     for x in xs:
-        below = x < hi
-        n_lt_hi += int(torch.count_nonzero(below))
-        idx = _sparse_nonzero(torch.logical_and(below, x > lo))
-        parts.append((below.logical_not_(), idx, x[idx]))
-    n_le_lo = n_lt_hi - sum(idx.numel() for _,idx,_ in parts)
+        above = torch.ge(x, hi)
+        n_above = int(torch.count_nonzero(above))
+        if lo < hi:  # (lo, hi) = (x > lo) xor (x >= hi), marked in the reused `scratch`: no fresh mask per tensor
+            idx = _sparse_nonzero(torch.gt(x, lo, out=scratch[:x.numel()]).logical_xor_(above))
+        else: idx = torch.empty(0, dtype=torch.long, device=x.device)
+        n_ge_hi += n_above
+        parts.append((above, n_above, idx, x[idx]))
+    n_lt_hi = sum(x.numel() for x in xs) - n_ge_hi
+    n_le_lo = n_lt_hi - sum(p[2].numel() for p in parts)
     if n_le_lo < k <= n_lt_hi:
-        inside = torch.cat([vals for *_,vals in parts])
+        inside = torch.cat([p[3] for p in parts])
         v = float(inside.kthvalue(k - n_le_lo).values)
         return v, n_le_lo + int(torch.count_nonzero(inside <= v)), parts
     if k <= n_le_lo and _count(xs, torch.lt, lo) < k: return lo, n_le_lo, None
     if k > n_lt_hi and (n_le_hi := _count(xs, torch.le, hi)) >= k: return hi, n_le_hi, None
 
-def _kth(xs, k:int):
+def _kth(xs, k:int, scratch=None):
     "`(v, n_le, parts)` of `_bracket` for flat `xs`; `parts` is None when no bracket was used"
     n = sum(x.numel() for x in xs)
     if n > _direct:
         sample = _strided_sample(xs, max(32, n // _max_sample))
+        big = max(x.numel() for x in xs)
+        if scratch is None or scratch.numel() < big: scratch = xs[0].new_empty(big, dtype=torch.bool)
         for width in (3, 30):
-            if (found := _bracket(xs, k, *_quantile_bracket(sample, k / n, k / n, width))) is not None: return found
+            lo,hi = _quantile_bracket(sample, k / n, k / n, width)
+            if (found := _bracket(xs, k, lo, hi, scratch)) is not None: return found
     allx = torch.cat(xs)
     v = allx.kthvalue(k).values
     return float(v), int(torch.count_nonzero(allx <= v)), None
@@ -83,29 +90,39 @@ def kth_smallest(xs:list[torch.Tensor], k:int) -> tuple[torch.Tensor, int]:
     return xs[0].new_tensor(v), n_le
 
 # %% ../../nbs/core/masks.ipynb #cafc4e35
-def lowest_k_keep(xs:list[torch.Tensor], k:int) -> list[torch.Tensor]:
+def lowest_k_keep(xs:list[torch.Tensor], # scores: one tensor, or a list of them
+                  k:int,                  # how many of the lowest to prune
+                  counts:bool=False,      # also return how many each tensor prunes
+                  scratch:torch.Tensor|None=None): # bool buffer of at least the largest numel, reused for temporaries
     "Boolean keep-masks for `xs` that prune exactly the `k` lowest scores, later entries first among ties"
     single = isinstance(xs, torch.Tensor)
     xs = [xs] if single else list(xs)
     n = sum(x.numel() for x in xs)
     if not 0 <= k <= n: raise ValueError(f"cannot prune k={k} of {n} entries")
-    if k == 0: keep = [torch.ones_like(x, dtype=torch.bool) for x in xs]
-    elif k == n: keep = [torch.zeros_like(x, dtype=torch.bool) for x in xs]
+    if k == 0: keep,kept = [torch.ones_like(x, dtype=torch.bool) for x in xs],[x.numel() for x in xs]
+    elif k == n: keep,kept = [torch.zeros_like(x, dtype=torch.bool) for x in xs],[0] * len(xs)
     else:
         flat = [x.flatten() for x in xs]
-        v,n_le,parts = _kth(flat, k)
+        v,n_le,parts = _kth(flat, k, scratch)
         extra = n_le - k  # tied at v, to be kept after all: the earliest ones
-        keep = []
+        keep,kept = [],[]
         for i,(x,f) in enumerate(zip(xs, flat)):
-            if parts is None: kp = f > v
+            if parts is None: kp,n_kp = f > v,None
             else:
-                kp,idx,vals = parts[i]
-                kp[idx[vals > v]] = True
+                kp,n_kp,idx,vals = parts[i]
+                up = idx[vals > v]
+                kp[up] = True
+                n_kp += up.numel()
             if extra > 0:
                 tied = (f == v).nonzero().squeeze(1) if parts is None else idx[vals == v]
                 kp[tied[:extra]] = True
+                if n_kp is not None: n_kp += min(extra, tied.numel())
                 extra -= min(extra, tied.numel())
             keep.append(kp.view(x.shape))
+            kept.append(n_kp)
+    if counts:
+        pruned = [x.numel() - (int(torch.count_nonzero(kp)) if c is None else c) for x,kp,c in zip(xs, keep, kept)]
+        return (keep[0], pruned[0]) if single else (keep, pruned)
     return keep[0] if single else keep
 
 # %% ../../nbs/core/masks.ipynb #77199cd1

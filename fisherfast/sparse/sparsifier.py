@@ -70,7 +70,7 @@ class Sparsifier:
         if self.criteria.recompute > 1 and not hasattr(stats, 'recollect'):
             raise ValueError(f"criteria={self.criteria.name!r} with recompute={self.criteria.recompute} re-collects "
                              f"statistics between steps: pass stats=calibrate(model, dl, loss_func), which can")
-        self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._mult,self.saliency = {},{},{},{},{},{}
+        self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._mult,self._fmult,self.saliency = {},{},{},{},{},{},{}
 
     def _check_nm(self, skip):
         n,m = self.nm
@@ -124,23 +124,23 @@ def _unit_scores(self:Sparsifier, name:str) -> torch.Tensor:
 
 # %% ../../nbs/sparse/sparsifier.ipynb #b4a60330
 @patch
-def _local_keep(self:Sparsifier, units:torch.Tensor, n_prune:int, round_to, dead:int) -> torch.Tensor:
-    "Prune `n_prune` lowest units (at least the `dead` ones pruned before), kept count rounded to `round_to`"
+def _local_keep(self:Sparsifier, units:torch.Tensor, n_prune:int, round_to, dead:int, scratch=None) -> tuple:
+    "`(keep, pruned)`: prune the `n_prune` lowest units (at least the `dead` ones pruned before), kept count rounded to `round_to`"
     n = units.numel()
     alive = n - max(n_prune, dead)
     kept = round_kept(alive, n, round_to)
     if kept > n - dead: kept = (n - dead) // round_to * round_to  # never revive to round up
-    return lowest_k_keep(units.flatten(), n - kept).view(units.shape)
+    return lowest_k_keep(units.flatten(), n - kept, scratch=scratch).view(units.shape),n - kept
 
 @patch
-def _global_keep(self:Sparsifier, units:dict, sparsity:float, round_to) -> dict:
-    "Prune the lowest units over all layers by saliency per weight, `sparsity` of all weights"
+def _global_keep(self:Sparsifier, units:dict, sparsity:float, round_to) -> tuple:
+    "`(keep, pruned)` per layer: prune the lowest units over all layers by saliency per weight, `sparsity` of all weights"
     names = list(units)
     sizes = [self.granularity.unit_size(self._w(n).shape) for n in names]
     flat = [units[n].flatten() for n in names]
     if len(set(sizes)) == 1:
         total = sum(u.numel() for u in flat)
-        keep = lowest_k_keep(flat, max(round(sparsity * total), sum(self._n_pruned.get(n, 0) for n in names)))
+        keep,pruned = lowest_k_keep(flat, max(round(sparsity * total), sum(self._n_pruned.get(n, 0) for n in names)), counts=True)
     else:
         density = torch.cat([u / s for u,s in zip(flat, sizes)])
         size = torch.cat([torch.full((u.numel(),), s, device=u.device) for u,s in zip(flat, sizes)])
@@ -151,10 +151,10 @@ def _global_keep(self:Sparsifier, units:dict, sparsity:float, round_to) -> dict:
         keep_all = torch.ones_like(density, dtype=torch.bool)
         keep_all[order[:k]] = False
         keep = list(keep_all.split([u.numel() for u in flat]))
+        pruned = [u.numel() - int(torch.count_nonzero(kp)) for u,kp in zip(flat, keep)]
     if round_to is not None:
-        keep = [self._local_keep(u, u.numel() - int(kp.sum()), round_to, self._n_pruned.get(n, 0)).flatten()
-                for n,u,kp in zip(names, flat, keep)]
-    return {n: kp.view(units[n].shape) for n,kp in zip(names, keep)}
+        keep,pruned = zip(*[self._local_keep(u, p, round_to, self._n_pruned.get(n, 0)) for n,u,p in zip(names, flat, pruned)])
+    return {n: kp.view(units[n].shape) for n,kp in zip(names, keep)},dict(zip(names, pruned))
 
 # %% ../../nbs/sparse/sparsifier.ipynb #ac19556f
 @patch
@@ -171,26 +171,30 @@ def _check_nm_target(self:Sparsifier, targets):
                              f"every layer; pass sparsity={1 - n / m:g} (or 0 to leave a layer dense)")
 
 @patch
-def _plan(self:Sparsifier, targets, round_to) -> dict:
-    "New boolean unit masks for the layers in `targets`, computed without touching the model"
+def _plan(self:Sparsifier, targets, round_to) -> tuple:
+    "`(keep, pruned)`: new boolean unit masks for the layers in `targets` and how many units each prunes, without touching the model"
     round_to = _check_round_to(round_to)
     if self.nm and round_to is not None:
         raise ValueError(f"round_to={round_to} cannot be combined with nm={self.nm}: N:M fixes the kept count")
     names = list(targets) if isinstance(targets, dict) else list(self.layers)
     units = {n: self._unit_scores(n) for n in names}
+    target = lambda n: targets[n] if isinstance(targets, dict) else targets
     if self.nm:
-        return {n: self._nm_keep(u) if (targets[n] if isinstance(targets, dict) else targets) > 0
-                else torch.ones_like(u, dtype=torch.bool) for n,u in units.items()}
-    if isinstance(targets, dict) or self.context == 'local':
-        keep = {n: self._local_keep(u, round((targets[n] if isinstance(targets, dict) else targets) * u.numel()), round_to,
-                                    self._n_pruned.get(n, 0)) for n,u in units.items()}
-    else: keep = self._global_keep(units, targets, round_to)
-    return keep
+        n,m = self.nm
+        return ({k: self._nm_keep(u) if target(k) > 0 else torch.ones_like(u, dtype=torch.bool) for k,u in units.items()},
+                {k: u.numel() // m * (m - n) if target(k) > 0 else 0 for k,u in units.items()})
+    if not isinstance(targets, dict) and self.context == 'global': return self._global_keep(units, targets, round_to)
+    big = {}  # one buffer per device for the selection's temporaries, reused by every layer
+    for u in units.values(): big[u.device] = max(big.get(u.device, 0), u.numel())
+    scratch = {d: torch.empty(n, dtype=torch.bool, device=d) for d,n in big.items()}
+    plan = {n: self._local_keep(u, round(target(n) * u.numel()), round_to, self._n_pruned.get(n, 0), scratch[u.device])
+            for n,u in units.items()}
+    return {n: kp for n,(kp,_) in plan.items()},{n: p for n,(_,p) in plan.items()}
 
 # %% ../../nbs/sparse/sparsifier.ipynb #3bbf50e4
 @patch
-def _commit(self:Sparsifier, plan:dict, update:bool=True):
-    "Let the criterion update the survivors, then store the masks and zero what they prune"
+def _commit(self:Sparsifier, plan:dict, update:bool=True, pruned:dict|None=None):
+    "Let the criterion update the survivors, then store the masks and zero what they prune (`pruned`: units per layer, if known)"
     for name,units in plan.items():
         w,b = self._w(name), self.layers[name].bias
         keep = units if self.nm else self.granularity.to_weights(units, w.shape)
@@ -198,24 +202,33 @@ def _commit(self:Sparsifier, plan:dict, update:bool=True):
         self._keep[name],self._unit_keep[name] = keep,units
         out_units = b is not None and self.nm is None and self.granularity.prunes_outputs(w.shape)
         self._bias_keep[name] = units.reshape(-1) if out_units else None
-        self._n_pruned[name] = units.numel() - int(torch.count_nonzero(units))
+        self._n_pruned[name] = pruned[name] if pruned else units.numel() - int(torch.count_nonzero(units))
+        self._fmult.pop(name, None)
         if self._n_pruned[name] == 0: self._mult[name] = None
         else:
             broadcasts = self.nm is not None or units.dim() == w.dim() and all(
                 u == s or u == 1 for u,s in zip(units.shape, w.shape))
-            self._mult[name] = ((units if broadcasts else keep).view(torch.uint8),
-                                units.reshape(-1).view(torch.uint8) if out_units else None)
-    self.apply_masks(plan)
+            self._mult[name] = (units if broadcasts else keep),(units.reshape(-1) if out_units else None)
+    self._zero(plan, cast=False)
+
+@patch
+def _zero(self:Sparsifier, names, cast:bool):
+    "Multiply the weights (and biases) of `names` by their masks: in the weight's dtype if `cast` (made once per mask), else as uint8"
+    with torch.no_grad():
+        for name in names:
+            masks = self._mult[name]
+            if masks is None: continue
+            ts = self._w(name),self.layers[name].bias
+            if not cast: masks = tuple(m if m is None else m.view(torch.uint8) for m in masks)
+            elif (masks := self._fmult.get(name)) is None:
+                masks = self._fmult[name] = tuple(m if m is None else m.to(t.dtype) for m,t in zip(self._mult[name], ts))
+            for m,t in zip(masks, ts):
+                if m is not None: t.mul_(m)
 
 @patch
 def apply_masks(self:Sparsifier, names=None):
     "Zero every pruned weight (and pruned bias) again, e.g. after an optimizer step"
-    with torch.no_grad():
-        for name in (self._mult if names is None else names):
-            mult = self._mult[name]
-            if mult is None: continue
-            self._w(name).mul_(mult[0])
-            if mult[1] is not None: self.layers[name].bias.mul_(mult[1])
+    self._zero(self._mult if names is None else names, cast=True)
 
 @patch(as_prop=True)
 def masks(self:Sparsifier) -> dict:
@@ -259,7 +272,7 @@ def _sparsify(self:Sparsifier, targets, round_to):
     "Reach `targets` in the criterion's steps, re-collecting statistics between them"
     for i,t in enumerate(self.criteria.steps(targets)):
         if i > 0: self.stats = self.stats.recollect(self.model, kinds=self.criteria.needs)
-        self._commit(self._plan(t, round_to))
+        self._commit(*self._plan(t, round_to))
     return self
 
 @patch
@@ -350,5 +363,5 @@ def load_state_dict(self:Sparsifier, state:dict):
 def squash(self:Sparsifier) -> nn.Module:
     "Make the pruning permanent and drop every mask and saved weight; returns the plain model"
     self.apply_masks()
-    self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._mult,self.saliency,self._init = {},{},{},{},{},{},{}
+    self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._mult,self._fmult,self.saliency,self._init = {},{},{},{},{},{},{},{}
     return self.model
