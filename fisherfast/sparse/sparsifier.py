@@ -362,6 +362,6 @@ def load_state_dict(self:Sparsifier, state:dict):
 @patch
 def squash(self:Sparsifier) -> nn.Module:
     "Make the pruning permanent and drop every mask and saved weight; returns the plain model"
-    self.apply_masks()
+    self._zero(self._mult, cast=False)  # once: no multipliers in the weight's dtype
     self._keep,self._unit_keep,self._n_pruned,self._bias_keep,self._mult,self._fmult,self.saliency,self._init = {},{},{},{},{},{},{},{}
     return self.model
