@@ -204,7 +204,8 @@ class _WoodFisher:
         if self.form == 'implicit' or (self.form == 'auto' and len(G) < self.block_size):
             G = grad_blocks(G, self.block_size)
             inv = ImplicitInverse(G, self.damp)
-        else: inv = ExplicitInverse(G, self.damp, self.block_size)  # blocks `G` a chunk at a time: no blocked copy
+        else:  # blocks `G` a chunk at a time (no blocked copy); the explicit update does not need `G` again
+            inv,G = ExplicitInverse(G, self.damp, self.block_size),None
         self.cache[layer.module] = (weakref.ref(grads), inv, G, alive)
         return inv, G, alive
 
