@@ -68,6 +68,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'fisherfast.core.masks': { 'fisherfast.core.masks._bracket': ('core/masks.html#_bracket', 'fisherfast/core/masks.py'),
                                        'fisherfast.core.masks._count': ('core/masks.html#_count', 'fisherfast/core/masks.py'),
                                        'fisherfast.core.masks._kth': ('core/masks.html#_kth', 'fisherfast/core/masks.py'),
+                                       'fisherfast.core.masks._nm_by_rank': ('core/masks.html#_nm_by_rank', 'fisherfast/core/masks.py'),
+                                       'fisherfast.core.masks._nm_by_sort': ('core/masks.html#_nm_by_sort', 'fisherfast/core/masks.py'),
                                        'fisherfast.core.masks._quantile_bracket': ( 'core/masks.html#_quantile_bracket',
                                                                                     'fisherfast/core/masks.py'),
                                        'fisherfast.core.masks._sparse_nonzero': ( 'core/masks.html#_sparse_nonzero',

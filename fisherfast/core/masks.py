@@ -126,26 +126,29 @@ def lowest_k_keep(xs:list[torch.Tensor], # scores: one tensor, or a list of them
     return keep[0] if single else keep
 
 # %% ../../nbs/core/masks.ipynb #77199cd1
+def _nm_by_sort(groups:torch.Tensor, n:int, d:int) -> torch.Tensor:
+    order = groups.sort(dim=d, descending=True, stable=True).indices
+    return torch.zeros_like(groups, dtype=torch.bool).scatter_(d, order.narrow(d, 0, n), True)
+
+def _nm_by_rank(groups:torch.Tensor, n:int, d:int) -> torch.Tensor:
+    cols = groups.unbind(d)
+    # rank = how many members outrank this one; member j starts at j, as if every earlier one won its tie
+    ranks = [torch.full_like(cols[0], j, dtype=torch.uint8) for j in range(len(cols))]
+    for j in range(len(cols)):
+        for i in range(j + 1, len(cols)):
+            beats = torch.gt(cols[i], cols[j]).view(torch.uint8)  # the later member wins only when strictly higher
+            ranks[j].add_(beats)
+            ranks[i].sub_(beats)
+    keep = torch.empty_like(groups, dtype=torch.bool)
+    for j,r in enumerate(ranks): torch.lt(r, n, out=keep.select(d, j))
+    return keep
+
 def nm_keep(scores:torch.Tensor, n:int, m:int, dim:int=-1) -> torch.Tensor:
     "Boolean mask keeping the `n` highest of every `m` consecutive entries along `dim`"
     dim = dim % scores.dim()
     if scores.shape[dim] % m: raise ValueError(f"dimension {dim} of the scores ({scores.shape[dim]}) must be a multiple of m={m}")
     groups = scores.unflatten(dim, (-1, m))
-    if m > 16:
-        order = groups.sort(dim=dim + 1, descending=True, stable=True).indices
-        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(dim + 1, order.narrow(dim + 1, 0, n), True)
-        return keep.flatten(dim, dim + 1)
-    shape = [1] * groups.dim()
-    shape[dim + 1] = m
-    # rank = how many members outrank this one; member j starts at j, as if every earlier one won its tie
-    rank = torch.arange(m, dtype=torch.uint8, device=scores.device).view(shape).expand(groups.shape).contiguous()
-    cols,ranks = groups.unbind(dim + 1),rank.unbind(dim + 1)
-    for j in range(1, m):
-        for i in range(j):
-            beats = (cols[j] > cols[i]).view(torch.uint8)
-            ranks[i].add_(beats)
-            ranks[j].sub_(beats)
-    return (rank < n).flatten(dim, dim + 1)
+    return (_nm_by_sort if m > 16 else _nm_by_rank)(groups, n, dim + 1).flatten(dim, dim + 1)
 
 # %% ../../nbs/core/masks.ipynb #64ca40e3
 def round_kept(kept:int, units:int, r:int|None) -> int:
