@@ -11,7 +11,7 @@ import torch
 __all__ = ['kth_smallest', 'lowest_k_keep', 'nm_keep', 'round_kept']
 
 # %% ../../nbs/core/masks.ipynb #d5d119c0
-_max_sample,_direct = 1 << 18,1 << 13
+_max_sample,_direct,_min_stride = 1 << 18,1 << 13,16
 
 def _count(xs, op, v:float) -> int: return sum(int(torch.count_nonzero(op(x, v))) for x in xs)
 
@@ -20,8 +20,8 @@ def _sparse_nonzero(mask:torch.Tensor) -> torch.Tensor:
     n8 = mask.numel() // 8 * 8
     words = mask[:n8].view(torch.int64)
     hit = words.nonzero().squeeze(1)
-    sub = words[hit].view(torch.bool).view(-1, 8).nonzero()
-    idx = hit[sub[:, 0]] * 8 + sub[:, 1]
+    sub = words[hit].view(torch.bool).nonzero().squeeze(1)
+    idx = hit.index_select(0, sub >> 3).mul_(8).add_(sub & 7)
     return torch.cat([idx, n8 + mask[n8:].nonzero().squeeze(1)]) if n8 < mask.numel() else idx
 
 def _strided_sample(xs, stride:int) -> torch.Tensor:
@@ -71,7 +71,7 @@ def _kth(xs, k:int, scratch=None):
     "`(v, n_le, parts)` of `_bracket` for flat `xs`; `parts` is None when no bracket was used"
     n = sum(x.numel() for x in xs)
     if n > _direct:
-        sample = _strided_sample(xs, max(32, n // _max_sample))
+        sample = _strided_sample(xs, max(_min_stride, n // _max_sample))
         big = max(x.numel() for x in xs)
         if scratch is None or scratch.numel() < big: scratch = xs[0].new_empty(big, dtype=torch.bool)
         for width in (3, 30):
