@@ -474,6 +474,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                   'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier.state_dict': ( 'sparse/sparsifier.html#sparsifier.state_dict',
                                                                                                       'fisherfast/sparse/sparsifier.py'),
+                                              'fisherfast.sparse.sparsifier._buffers': ( 'sparse/sparsifier.html#_buffers',
+                                                                                         'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier._check_round_to': ( 'sparse/sparsifier.html#_check_round_to',
                                                                                                 'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier._parse_nm': ( 'sparse/sparsifier.html#_parse_nm',

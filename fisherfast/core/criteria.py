@@ -26,6 +26,7 @@ class LayerView:
     init:torch.Tensor   # its weight when the `Sparsifier` was created
     stats:Mapping|None  # statistics, `kind -> {layer name -> tensor}`
     criteria:str = 'criteria' # name of the criterion asking, for error messages
+    out:torch.Tensor|None = None # float32 buffer of the weight's shape the scores may go to: given when they are only summed per unit
 
     @property
     def weight(self) -> torch.Tensor:
@@ -90,7 +91,7 @@ class Criteria:
 
 # %% ../../nbs/core/criteria.ipynb #fa03a9d2
 def _random(layer): return torch.rand_like(layer.weight, dtype=torch.float)
-def _magnitude(layer): return layer.weight.abs()
+def _magnitude(layer): return layer.weight.abs() if layer.out is None else torch.abs(layer.weight, out=layer.out)
 def _movement(layer): return layer.weight.abs() - layer.init.abs()
 
 random_score = Criteria(_random, name='random_score')

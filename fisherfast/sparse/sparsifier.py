@@ -89,7 +89,14 @@ class Sparsifier:
 
     def _w(self, name): return oriented_weight(self.layers[name])
 
-    def _view(self, name): return LayerView(name, self.layers[name], self._init.get(name, (None,))[0], self.stats, self.criteria.name)
+    def _view(self, name, out=None):
+        return LayerView(name, self.layers[name], self._init.get(name, (None,))[0], self.stats, self.criteria.name, out)
+
+def _buffers(tensors, dtype) -> dict:
+    "One empty buffer per device, as large as the largest of `tensors` there, for temporaries every layer reuses"
+    size = {}
+    for t in tensors: size[t.device] = max(size.get(t.device, 0), t.numel())
+    return {d: torch.empty(n, dtype=dtype, device=d) for d,n in size.items()}
 
 # %% ../../nbs/sparse/sparsifier.ipynb #63ff4dd6
 @patch
@@ -113,9 +120,9 @@ def check_targets(self:Sparsifier, sparsity) -> dict|float:
     return targets
 
 @patch
-def _unit_scores(self:Sparsifier, name:str) -> torch.Tensor:
-    "Saliency per unit of layer `name`; units pruned before score -inf"
-    scores = self.criteria(self._view(name))
+def _unit_scores(self:Sparsifier, name:str, out=None) -> torch.Tensor:
+    "Saliency per unit of layer `name` (`out`: a buffer the per-weight scores may use); units pruned before score -inf"
+    scores = self.criteria(self._view(name, out))
     units = self.granularity.to_units(scores) if self.nm is None else scores
     kept = self._unit_keep.get(name)
     if kept is not None: units = units.masked_fill(~kept, -torch.inf)
@@ -177,16 +184,17 @@ def _plan(self:Sparsifier, targets, round_to) -> tuple:
     if self.nm and round_to is not None:
         raise ValueError(f"round_to={round_to} cannot be combined with nm={self.nm}: N:M fixes the kept count")
     names = list(targets) if isinstance(targets, dict) else list(self.layers)
-    units = {n: self._unit_scores(n) for n in names}
+    ws = {n: self._w(n) for n in names}
+    summed = {n: w for n,w in ws.items() if self.nm is None and self.granularity.unit_size(w.shape) > 1}
+    out = _buffers(summed.values(), torch.float32)  # per-weight scores that are only summed per unit
+    units = {n: self._unit_scores(n, out[w.device][:w.numel()].view(w.shape) if n in summed else None) for n,w in ws.items()}
     target = lambda n: targets[n] if isinstance(targets, dict) else targets
     if self.nm:
         n,m = self.nm
         return ({k: self._nm_keep(u) if target(k) > 0 else torch.ones_like(u, dtype=torch.bool) for k,u in units.items()},
                 {k: u.numel() // m * (m - n) if target(k) > 0 else 0 for k,u in units.items()})
     if not isinstance(targets, dict) and self.context == 'global': return self._global_keep(units, targets, round_to)
-    big = {}  # one buffer per device for the selection's temporaries, reused by every layer
-    for u in units.values(): big[u.device] = max(big.get(u.device, 0), u.numel())
-    scratch = {d: torch.empty(n, dtype=torch.bool, device=d) for d,n in big.items()}
+    scratch = _buffers(units.values(), torch.bool)  # the selection's temporaries
     plan = {n: self._local_keep(u, round(target(n) * u.numel()), round_to, self._n_pruned.get(n, 0), scratch[u.device])
             for n,u in units.items()}
     return {n: kp for n,(kp,_) in plan.items()},{n: p for n,(_,p) in plan.items()}
