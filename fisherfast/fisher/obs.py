@@ -105,18 +105,29 @@ def _fisher_inverse(G:torch.Tensor, damp:float, out:torch.Tensor, work:_Work):
 
 _chunk = 2**20  # elements of `G` or of the result per chunk of blocks on CPU (4 MB in float32)
 
-def block_inverse(G:torch.Tensor, damp:float, via:str='auto', block_size:int|None=None) -> torch.Tensor:
+def block_inverse(G:torch.Tensor, damp:float, via:str='auto',
+                  block_size:int|None=None, # `G` is `(m, d)`: blocked a chunk at a time
+                  mask:torch.Tensor|None=None, # with `block_size`: `(d,)` bool, the columns of `G` to keep (the others count as 0)
+                  dtype=None) -> torch.Tensor: # of the arithmetic and the result; default `G`'s
     "The inverses `(n_blocks, B, B)` of `λI + G_bᵀG_b/m` for blocked gradients `G` `(n_blocks, m, B)`, batched over blocks"
     if block_size is None: nb,m,B = G.shape
-    else: (m,d),B = G.shape,block_size; nb = -(-d // B)  # `G` `(m, d)`, blocked a chunk at a time
+    else: (m,d),B = G.shape,block_size; nb = -(-d // B)
     if via == 'auto': via = 'fisher' if B <= m else 'woodbury'
     if via not in ('fisher', 'woodbury'): raise ValueError(f"via={via!r} is not known; valid: 'auto', 'fisher', 'woodbury'")
+    if mask is not None and block_size is None: raise ValueError("mask needs block_size: it masks the columns of `(m, d)` gradients")
+    dtype = dtype or G.dtype
     k = min(max(1, _chunk // (B * max(B, m))) if G.device.type == 'cpu' else nb, nb)
-    inverse = _woodbury_inverse if via == 'woodbury' else partial(_fisher_inverse, work=_Work(k, G))
-    buf = None if block_size is None else G.new_empty(k, m, B)
-    out = G.new_empty(nb, B, B)
+    # chunks of `(m, d)` gradients are converted and masked in the buffer: no full-size copy in `dtype`
+    buf = G.new_empty(k, m, B, dtype=dtype) if block_size is not None else G if dtype == G.dtype else G.to(dtype)
+    keep = None if mask is None else to_blocks(mask.to(dtype), B).unsqueeze(1)
+    inverse = _woodbury_inverse if via == 'woodbury' else partial(_fisher_inverse, work=_Work(k, buf))
+    out = G.new_empty(nb, B, B, dtype=dtype)
     for i in range(0, nb, k):
-        inverse(G[i:i+k] if buf is None else grad_blocks(G, B, i, min(i + k, nb), buf), damp, out[i:i+k])
+        if block_size is None: blocks = buf[i:i+k]
+        else:
+            blocks = grad_blocks(G, B, i, min(i + k, nb), buf)
+            if keep is not None: blocks.mul_(keep[i:i+k])
+        inverse(blocks, damp, out[i:i+k])
     return out
 
 # %% ../../nbs/fisher/obs.ipynb #23bd8ff0
@@ -132,7 +143,8 @@ class ImplicitInverse:
 
 class ExplicitInverse:
     "Block-diagonal `F̂⁻¹` stored as its `(n_blocks, B, B)` blocks, from `G` as `block_inverse` takes it"
-    def __init__(self, G:torch.Tensor, damp:float, block_size:int|None=None): self.inv = block_inverse(G, damp, block_size=block_size)
+    def __init__(self, G:torch.Tensor, damp:float, block_size:int|None=None, mask=None, dtype=None):
+        self.inv = block_inverse(G, damp, block_size=block_size, mask=mask, dtype=dtype)
     def diag(self) -> torch.Tensor: return self.inv.diagonal(dim1=-2, dim2=-1)
     def __matmul__(self, v:torch.Tensor) -> torch.Tensor: return (self.inv @ v.unsqueeze(-1)).squeeze(-1)
 
@@ -200,12 +212,12 @@ class _WoodFisher:
         alive = w.flatten() != 0
         hit = self.cache.get(layer.module)
         if hit is not None and hit[0]() is grads and torch.equal(hit[3], alive): return hit[1:]
-        G = grads[:self.n_grads].to(device=w.device, dtype=self.dtype) * alive
+        G = grads[:self.n_grads].to(device=w.device)
         if self.form == 'implicit' or (self.form == 'auto' and len(G) < self.block_size):
-            G = grad_blocks(G, self.block_size)
+            G = grad_blocks(G.to(self.dtype) * alive, self.block_size)
             inv = ImplicitInverse(G, self.damp)
-        else:  # blocks `G` a chunk at a time (no blocked copy); the explicit update does not need `G` again
-            inv,G = ExplicitInverse(G, self.damp, self.block_size),None
+        else:  # blocked, converted and masked a chunk at a time; the explicit update does not need `G` again
+            inv,G = ExplicitInverse(G, self.damp, self.block_size, mask=alive, dtype=self.dtype),None
         self.cache[layer.module] = (weakref.ref(grads), inv, G, alive)
         return inv, G, alive
 
