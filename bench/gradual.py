@@ -19,7 +19,7 @@ differences (same seed) with dense and with fasterai. The goals are judged on th
 The head's width sets how much the pruning criterion can matter. `--hidden 64` (105,744 weights) has room to
 spare: every method ends within 1.5 points of dense even at 95%, so they tie. `--hidden 0` (Linear 1568→10,
 20,432 weights) is so small that every method loses more than a point already at 90%. At 16, 95% costs
-fasterai's magnitude pruning about 3.5 points and 90% about 1.5; the README shows all three widths.
+fasterai's magnitude pruning about 3.5 points and 90% about 1.5; the README shows every width measured.
 
 Time: the median over epochs of the training phase of one epoch (validation excluded), as a ratio to the dense
 fits' mean; and, steadier on a shared machine, the time spent inside the pruning callback's step events per

@@ -118,7 +118,7 @@ def block_inverse(G:torch.Tensor, damp:float, via:str='auto',
     dtype = dtype or G.dtype
     k = min(max(1, _chunk // (B * max(B, m))) if G.device.type == 'cpu' else nb, nb)
     # chunks of `(m, d)` gradients are converted and masked in the buffer: no full-size copy in `dtype`
-    buf = G.new_empty(k, m, B, dtype=dtype) if block_size is not None else G if dtype == G.dtype else G.to(dtype)
+    buf = G.new_empty(k, m, B, dtype=dtype) if block_size is not None else G.to(dtype)
     keep = None if mask is None else to_blocks(mask.to(dtype), B).unsqueeze(1)
     inverse = _woodbury_inverse if via == 'woodbury' else partial(_fisher_inverse, work=_Work(k, buf))
     out = G.new_empty(nb, B, B, dtype=dtype)
