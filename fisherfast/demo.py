@@ -13,6 +13,7 @@ from fastai.callback.progress import ProgressCallback  # noqa: F401 (patches Lea
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
+from fastai.torch_core import set_seed
 from .data import digits_tensors, digits_mlp, tensor_dls, tensor_accuracy
 from torch.utils.data import DataLoader, TensorDataset
 from .sparse.sparsifier import Sparsifier
@@ -26,7 +27,7 @@ __all__ = ['train_digits', 'test_accuracy', 'train_loader', 'main']
 # %% ../nbs/demo.ipynb #25ffd288
 def train_digits(epochs:int=20, seed:int=0):
     "A fastai `Learner` with the digits MLP, trained for `epochs`"
-    torch.manual_seed(seed)
+    set_seed(seed)  # Python's random too: fastai's DataLoader draws its shuffle seed from it
     dls = tensor_dls(*digits_tensors(seed), bs=64)
     learn = Learner(dls, digits_mlp(seed=seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, 1e-2)
