@@ -105,6 +105,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'fisherfast.core.schedule.iterative_steps': ( 'core/schedule.html#iterative_steps',
                                                                                         'fisherfast/core/schedule.py')},
             'fisherfast.data': { 'fisherfast.data._read_idx': ('data.html#_read_idx', 'fisherfast/data.py'),
+                                 'fisherfast.data.digits_learner': ('data.html#digits_learner', 'fisherfast/data.py'),
                                  'fisherfast.data.digits_mlp': ('data.html#digits_mlp', 'fisherfast/data.py'),
                                  'fisherfast.data.digits_tensors': ('data.html#digits_tensors', 'fisherfast/data.py'),
                                  'fisherfast.data.fashion_cnn': ('data.html#fashion_cnn', 'fisherfast/data.py'),

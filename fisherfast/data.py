@@ -10,10 +10,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.torch_core import set_seed
 
 # %% auto #0
 __all__ = ['digits_tensors', 'digits_mlp', 'fashion_mnist_tensors', 'fashion_cnn', 'train_tensors', 'tensor_accuracy',
-           'tensor_dls']
+           'tensor_dls', 'digits_learner']
 
 # %% ../nbs/data.ipynb #c3ba8a7b
 def digits_tensors(seed:int=0, valid_pct:float=0.3):
@@ -82,3 +86,10 @@ def tensor_accuracy(model:nn.Module, x, y, bs:int=1000) -> float:
 def tensor_dls(x_train, y_train, x_valid, y_valid, bs:int=64, device=None) -> DataLoaders:
     "fastai `DataLoaders` over in-memory tensors (shuffled training set)"
     return DataLoaders.from_dsets(list(zip(x_train, y_train)), list(zip(x_valid, y_valid)), bs=bs, device=device)
+
+# %% ../nbs/data.ipynb #fa636e7e
+def digits_learner(seed:int=0, tensors=None, bs:int=64, **kwargs) -> Learner:
+    "A `Learner` for `digits_mlp` on `tensors` (default `digits_tensors(seed)`), every generator seeded; `kwargs` go to `Learner`"
+    set_seed(seed)
+    dls = tensor_dls(*(digits_tensors(seed) if tensors is None else tensors), bs=bs)
+    return Learner(dls, digits_mlp(seed=seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy, **kwargs)

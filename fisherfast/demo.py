@@ -8,13 +8,9 @@ import copy, time, warnings
 import torch
 from fastcore.script import call_parse
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised inside fastai's imports
-from fastai.learner import Learner
 from fastai.callback.progress import ProgressCallback  # noqa: F401 (patches Learner.no_bar)
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401
-from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy
-from fastai.torch_core import set_seed
-from .data import digits_tensors, digits_mlp, tensor_dls, tensor_accuracy
+from .data import digits_learner, tensor_accuracy
 from torch.utils.data import DataLoader, TensorDataset
 from .sparse.sparsifier import Sparsifier
 from .core.criteria import magnitude
@@ -27,9 +23,7 @@ __all__ = ['train_digits', 'test_accuracy', 'train_loader', 'main']
 # %% ../nbs/demo.ipynb #25ffd288
 def train_digits(epochs:int=20, seed:int=0):
     "A fastai `Learner` with the digits MLP, trained for `epochs`"
-    set_seed(seed)  # Python's random too: fastai's DataLoader draws its shuffle seed from it
-    dls = tensor_dls(*digits_tensors(seed), bs=64)
-    learn = Learner(dls, digits_mlp(seed=seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    learn = digits_learner(seed)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, 1e-2)
     return learn
 

@@ -10,16 +10,12 @@ import torch.multiprocessing as mp
 from torch.amp import GradScaler, autocast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner)
+from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
 from fastai.callback.training import GradientAccumulation
-from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy
-from fastai.torch_core import set_seed
 
 from fisherfast.core.criteria import Criteria
 from fisherfast.core.schedule import iterative
-from fisherfast.data import digits_mlp, digits_tensors, tensor_dls
+from fisherfast.data import digits_learner, digits_mlp, digits_tensors
 from fisherfast.sparse.callback import SparsifyCallback
 
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
@@ -28,9 +24,7 @@ obd_like = Criteria(lambda l: l.stat('fisher_diag') * l.weight**2, needs=('fishe
 
 
 def learner(cbs=None, seed=0, tensors=None, bs=64):
-    set_seed(seed)  # python, numpy and torch: fastai's DataLoader shuffles with python's `random`
-    dls = tensor_dls(*(tensors or digits_tensors(0)), bs=bs)
-    return Learner(dls, digits_mlp(seed=seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=cbs, wd=0.1)
+    return digits_learner(seed, tensors or digits_tensors(0), bs, cbs=cbs, wd=0.1)
 
 
 def fit(learn, *args, method='fit_one_cycle', **kwargs):
