@@ -46,15 +46,13 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
-from fisherfast.core.criteria import magnitude
+from fisherfast.criteria.base import magnitude
 from fisherfast.core.schedule import agp
 from fisherfast.data import fashion_mnist_tensors, fashion_cnn
 from fisherfast.sparse.callback import SparsifyCallback
 
-try: from fisherfast.fisher.criteria import obd
-except ImportError: obd = None
-try: from fisherfast.fisher.obs import woodfisher
-except ImportError: woodfisher = None
+from fisherfast.criteria.fisher import obd
+from fisherfast.criteria.obs import woodfisher
 
 FA = 'fasterai 0.4.1 large_final'
 

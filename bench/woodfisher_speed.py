@@ -4,7 +4,7 @@ For d weights (default 1M) and m per-sample gradients (default 256, random N(0, 
 it builds the block-diagonal inverse damped empirical Fisher F̂_b⁻¹, F̂_b = λI + G_bᵀG_b/m, for block sizes
 B = 128 and 1024, in two ways, on CPU, in float32:
 
-- **ours**: `fisherfast.fisher.obs.block_inverse`, batched over blocks (in cache-sized chunks): a block
+- **ours**: `fisherfast.criteria.obs.block_inverse`, batched over blocks (in cache-sized chunks): a block
   Cholesky of the B×B blocks when B <= m, the Woodbury identity F̂_b⁻¹ = λ⁻¹[I − G_bᵀ(mλI + G_bG_bᵀ)⁻¹G_b]
   (an m×m Cholesky) when m < B (also forced for B <= m, as a second row); and for m < B the implicit (M-FAC) factor that
   `woodfisher(form='auto')` keeps instead of the explicit blocks;
@@ -33,7 +33,7 @@ def gradients(m, d, seed=0): return torch.randn(m, d, generator=torch.Generator(
 
 def rank1_loop(G, B, damp, n_blocks=None):
     "The reference recursion: m sequential rank-1 updates of every block's inverse, from λ⁻¹I"
-    from fisherfast.fisher.obs import to_blocks
+    from fisherfast.criteria.obs import to_blocks
     m = G.shape[0]
     gb = to_blocks(G, B)                                          # (m, n_blocks, B)
     f_inv = torch.eye(B).repeat(gb.shape[1], 1, 1).div_(damp)     # (n_blocks, B, B), all blocks allocated
@@ -47,7 +47,7 @@ def rank1_loop(G, B, damp, n_blocks=None):
 
 def ours(G, B, damp, how):
     "As `woodfisher` builds them: the explicit blocks straight from `G` `(m, d)`, the implicit factor from its blocked copy"
-    from fisherfast.fisher.obs import grad_blocks, block_inverse, ImplicitInverse
+    from fisherfast.criteria.obs import grad_blocks, block_inverse, ImplicitInverse
     if how == 'implicit': return ImplicitInverse(grad_blocks(G, B), damp).A
     return block_inverse(G, damp, via=how, block_size=B)
 

@@ -6,20 +6,25 @@
   `#| include: false` and `#| default_exp` cells dropped, `#| echo: false` hides the input,
   `#| output: false` hides the outputs, and the `#|` directive lines themselves are removed.
 - API reference: one page per module of `fisherfast/` (`api/<dotted.name>.md`, holding
-  `::: dotted.name` for mkdocstrings), unless `docs/api/<dotted.name>.md` exists, which then wins
-  (write one to add prose). New modules therefore appear with no edit at all.
+  `::: dotted.name`), unless `docs/api/<dotted.name>.md` exists, which then wins (write one to add
+  prose). New modules therefore appear with no edit at all. In every page a line `::: dotted.name`
+  (a module) becomes its reference, rendered here the way nbdev's `show_doc` does: for each name in
+  `__all__`, its signature as written, its docstring and a table of the parameters' docments (the
+  `# comment` after each one); classes get their `__init__`'s and then their public methods and
+  properties, `@patch`ed ones included (they are attributes of the class by then).
 - Navigation: built from what exists unless mkdocs.yml sets `nav:` itself.
 """
-import json, re, shutil, tempfile
+import ast, importlib, inspect, json, pprint, re, shutil, sys, tempfile, textwrap, types, warnings
 from pathlib import Path
 
+from fastcore.docments import docments
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS, PKG, DOCS = ROOT / 'nbs', ROOT / 'fisherfast', ROOT / 'docs'
 SKIP_MODULES = {'_modidx', 'all'}  # generated index; star-import convenience module
-SECTION_ORDER = ['core', 'fisher', 'sparse']  # others follow alphabetically
+SECTION_ORDER = ['core', 'stats', 'criteria', 'sparse']  # others follow alphabetically
 _tmp = None
 
 
@@ -32,7 +37,7 @@ def _sort_key(rel):
 
 
 def notebooks():
-    "Notebooks under nbs/, relative to it: module notebooks first (core, fisher, sparse), tutorials separate"
+    "Notebooks under nbs/, relative to it, in section order"
     if not NBS.exists(): return []
     nbs = [p.relative_to(NBS) for p in NBS.rglob('*.ipynb')]
     return sorted((p for p in nbs if not _skip(p)), key=_sort_key)
@@ -97,10 +102,110 @@ def _process_nb(src, dst):
     dst.write_text(json.dumps(nb), encoding='utf-8')
 
 
+_CODE = re.compile(r'(`+).+?\1')
+
+
+def _md(s, cell=False):
+    "Markdown text `s` with `<` outside code spans escaped (and `|`, and newlines, for a table `cell`)"
+    def esc(t): return t.replace('<', '&lt;').replace('|', r'\|').replace('\n', ' ') if cell else t.replace('<', '&lt;')
+    parts, i = [], 0
+    for m in _CODE.finditer(s): parts += [esc(s[i:m.start()]), m.group()]; i = m.end()
+    return ''.join(parts + [esc(s[i:])])
+
+
+def _code(s): return f'`` {s} ``' if '`' in s else f'`{s}`' if s else ''
+
+
+def _src(o):
+    "The source of `o`, dedented; '' where there is none"
+    try: return textwrap.dedent(inspect.getsource(o))
+    except (OSError, TypeError): return ''
+
+
+def _written_defaults(f):
+    "`{parameter: its default as written in the source}` of function `f`"
+    src = _src(f)
+    try: fn = ast.parse(src).body[0]
+    except (SyntaxError, IndexError): return {}
+    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)): return {}
+    a, pos = fn.args, fn.args.posonlyargs + fn.args.args
+    pairs = [*zip(pos[len(pos) - len(a.defaults):], a.defaults), *zip(a.kwonlyargs, a.kw_defaults)]
+    return {p.arg: ast.get_source_segment(src, d) for p, d in pairs if d is not None}
+
+
+def _anno(a):
+    "Annotation `a` as text: as written when it is a string (`from __future__ import annotations`)"
+    if a is inspect.Parameter.empty: return ''
+    return a if isinstance(a, str) else a.__qualname__ if isinstance(a, type) else inspect.formatannotation(a)
+
+
+def _doc(name, o, anchor, level=2, skip_first=False):
+    "Markdown for `o` as nbdev's `show_doc` shows it: heading, signature, docstring, table of the parameters"
+    try: sig = inspect.signature(o)
+    except (TypeError, ValueError): sig = None
+    ps = list(sig.parameters.values())[skip_first:] if sig else []
+    written = _written_defaults(o.__init__ if inspect.isclass(o) else o)
+    dms = {k: v.docment for k, v in docments(o, full=True).items() if v.docment} if sig else {}
+    rows, parts = [], []
+    for p in ps:
+        star = {p.VAR_POSITIONAL: '*', p.VAR_KEYWORD: '**'}.get(p.kind, '')
+        a = _anno(p.annotation)
+        d = '' if p.default is p.empty else written.get(p.name) or repr(p.default)
+        parts.append(f"{star}{p.name}{': ' + a if a else ''}{(' = ' if a else '=') + d if d else ''}")
+        t = a or ('' if p.default is p.empty or p.default is None else type(p.default).__qualname__)
+        rows.append(f'| {_code(star + p.name)} | {_code(t)} | {_code(d)} | {_md(dms.get(p.name, ""), cell=True)} |')
+    if n := sum(p.kind == p.POSITIONAL_ONLY for p in ps): parts.insert(n, '/')
+    kw = next((i for i, p in enumerate(ps) if p.kind == p.KEYWORD_ONLY), None)
+    if kw is not None and all(p.kind != p.VAR_POSITIONAL for p in ps): parts.insert(kw + bool(n), '*')
+    ret = '' if inspect.isclass(o) or not sig else _anno(sig.return_annotation)
+    if 'return' in dms: rows.append(f'| **Returns** | {_code(ret)} |  | {_md(dms["return"], cell=True)} |')
+    head = f"{'class ' if inspect.isclass(o) else ''}{name}"
+    one = f"{head}({', '.join(parts)})" if sig else head
+    if len(one) > 90: one = f"{head}(\n" + ''.join(f'    {x},\n' for x in parts) + ')'
+    out = [f"{'#' * level} {name} {{#{anchor}}}", f"```python\n{one}{' -> ' + ret if ret else ''}\n```"]
+    if doc := inspect.cleandoc(o.__doc__ or ''): out.append(_md(doc))
+    if dms: out.append('|  | Type | Default | Details |\n| --- | --- | --- | --- |\n' + '\n'.join(rows))
+    if src := _src(o): out.append('??? quote "Source"\n\n' + textwrap.indent(f'````python\n{src}````', '    '))
+    return out
+
+
+def _members(cls, modname):
+    "Markdown for the public methods and properties of class `cls`, in the order they were defined or patched"
+    out = []
+    for k, v in vars(cls).items():
+        name, anchor = f'{cls.__name__}.{k}', f'{modname}.{cls.__name__}.{k}'
+        if k.startswith('_'): continue
+        if isinstance(v, property):
+            out += [f'### {name} {{#{anchor}}}', f'```python\n{name}  # property\n```', _md(inspect.cleandoc(v.__doc__ or ''))]
+        elif isinstance(v, (types.FunctionType, staticmethod, classmethod)):
+            out += _doc(name, getattr(cls, k), anchor, 3, skip_first=isinstance(v, types.FunctionType))
+    return out
+
+
+def api_markdown(modname):
+    "Markdown reference of module `modname`: its docstring, then each name of its `__all__` (else its public names)"
+    mod = importlib.import_module(modname)
+    out = [_md(inspect.cleandoc(mod.__doc__ or ''))]
+    for name in getattr(mod, '__all__', [n for n in vars(mod) if not n.startswith('_')]):
+        o, anchor = getattr(mod, name), f'{modname}.{name}'
+        if inspect.isclass(o): out += _doc(name, o, anchor) + _members(o, modname)
+        elif inspect.isroutine(o): out += _doc(name, o, anchor)
+        else: out += [f'## {name} {{#{anchor}}}', f'```python\n{name} = {pprint.pformat(o, width=100, sort_dicts=False)}\n```']
+    return '\n\n'.join(out) + '\n'
+
+
+def on_page_markdown(markdown, page, config, files):
+    return re.sub(r'^::: *([\w.]+) *$', lambda m: api_markdown(m.group(1)), markdown, flags=re.M)
+
+
 @event_priority(100)  # before mkdocs-jupyter's on_files, so that it picks the notebooks up
 def on_files(files, config):
     global _tmp
     if _tmp: shutil.rmtree(_tmp, ignore_errors=True)
+    for m in [m for m in sys.modules if m.split('.')[0] == PKG.name]: del sys.modules[m]  # `mkdocs serve`: fresh code
+    with warnings.catch_warnings():  # third-party deprecation notices at import: not the docs' business
+        warnings.simplefilter('ignore')
+        for m in modules(): importlib.import_module(m)  # all of them, so that every `@patch` has run
     _tmp = Path(tempfile.mkdtemp(prefix='fisherfast-docs-'))
     def add(rel):
         files.append(File(rel, str(_tmp), config.site_dir, config.use_directory_urls))

@@ -13,9 +13,9 @@ from fastai.callback.schedule import fit_one_cycle  # noqa: F401
 from .data import digits_learner, tensor_accuracy
 from torch.utils.data import DataLoader, TensorDataset
 from .sparse.sparsifier import Sparsifier
-from .core.criteria import magnitude
-from .fisher.stats import calibrate
-from .fisher.obs import woodfisher
+from .criteria.base import magnitude
+from .stats.calibrate import calibrate
+from .criteria.obs import woodfisher
 
 # %% auto #0
 __all__ = ['train_digits', 'test_accuracy', 'train_loader', 'main']

@@ -13,7 +13,7 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
 from fastai.callback.training import GradientAccumulation
 
-from fisherfast.core.criteria import Criteria
+from fisherfast.criteria.base import Criteria
 from fisherfast.core.schedule import iterative
 from fisherfast.data import digits_learner, digits_mlp, digits_tensors
 from fisherfast.sparse.callback import SparsifyCallback

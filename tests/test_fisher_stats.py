@@ -1,4 +1,4 @@
-"Tests of `fisherfast.fisher.stats` beyond the notebook's: fastai batches, tokens, tied and frozen weights, counts, devices"
+"Tests of `fisherfast.stats.calibrate` beyond the notebook's: fastai batches, tokens, tied and frozen weights, counts, devices"
 from copy import deepcopy
 
 import pytest
@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from fisherfast.fisher.stats import calibrate, input_rows, kinds_for, FisherStats
-from fisherfast.fisher.criteria import obd, wanda, taylor
+from fisherfast.stats.calibrate import calibrate, FisherStats
+from fisherfast.stats.kinds import input_rows
+from fisherfast.criteria.base import kinds_for
+from fisherfast.criteria.fisher import obd, wanda, taylor
 
 
 def brute(model, samples, loss_func, names):

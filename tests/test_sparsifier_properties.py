@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fisherfast.core.criteria import magnitude, random_score
+from fisherfast.criteria.base import magnitude, random_score
 from fisherfast.core.masks import kth_smallest, lowest_k_keep, nm_keep, round_kept
 from fisherfast.sparse.sparsifier import Sparsifier
 

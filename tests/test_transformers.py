@@ -9,7 +9,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip('transformers')
 from transformers.pytorch_utils import Conv1D
 from fisherfast.all import *
-from fisherfast.core.granularity import is_transposed
+from fisherfast.core.layers import is_transposed
 from fisherfast.sparse.export import save_compact, load_compact, to_torch_prune, from_torch_prune
 
 transformers.logging.set_verbosity_error()
