@@ -136,6 +136,7 @@ def _written_defaults(f):
 def _anno(a):
     "Annotation `a` as text: as written when it is a string (`from __future__ import annotations`)"
     if a is inspect.Parameter.empty: return ''
+    a = getattr(a, '__forward_arg__', a)  # a NamedTuple's, say
     return a if isinstance(a, str) else a.__qualname__ if isinstance(a, type) else inspect.formatannotation(a)
 
 
@@ -150,7 +151,7 @@ def _doc(name, o, anchor, level=2, skip_first=False):
     for p in ps:
         star = {p.VAR_POSITIONAL: '*', p.VAR_KEYWORD: '**'}.get(p.kind, '')
         a = _anno(p.annotation)
-        d = '' if p.default is p.empty else written.get(p.name) or repr(p.default)
+        d = '' if p.default is p.empty else written.get(p.name) or re.sub(r' at 0x[0-9a-f]+', '', repr(p.default))
         parts.append(f"{star}{p.name}{': ' + a if a else ''}{(' = ' if a else '=') + d if d else ''}")
         t = a or ('' if p.default is p.empty or p.default is None else type(p.default).__qualname__)
         rows.append(f'| {_code(star + p.name)} | {_code(t)} | {_code(d)} | {_md(dms.get(p.name, ""), cell=True)} |')
@@ -173,8 +174,8 @@ def _members(cls, modname):
     "Markdown for the public methods and properties of class `cls`, in the order they were defined or patched"
     out = []
     for k, v in vars(cls).items():
-        name, anchor = f'{cls.__name__}.{k}', f'{modname}.{cls.__name__}.{k}'
         if k.startswith('_'): continue
+        name, anchor = f'{cls.__name__}.{k}', f'{modname}.{cls.__name__}.{k}'
         if isinstance(v, property):
             out += [f'### {name} {{#{anchor}}}', f'```python\n{name}  # property\n```', _md(inspect.cleandoc(v.__doc__ or ''))]
         elif isinstance(v, (types.FunctionType, staticmethod, classmethod)):

@@ -580,6 +580,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'fisherfast/stats/kinds.py'),
                                         'fisherfast.stats.kinds._conv_rows': ('stats/kinds.html#_conv_rows', 'fisherfast/stats/kinds.py'),
                                         'fisherfast.stats.kinds._sq': ('stats/kinds.html#_sq', 'fisherfast/stats/kinds.py'),
+                                        'fisherfast.stats.kinds.as_float': ('stats/kinds.html#as_float', 'fisherfast/stats/kinds.py'),
                                         'fisherfast.stats.kinds.check_input_layers': ( 'stats/kinds.html#check_input_layers',
                                                                                        'fisherfast/stats/kinds.py'),
                                         'fisherfast.stats.kinds.check_kinds': ('stats/kinds.html#check_kinds', 'fisherfast/stats/kinds.py'),
