@@ -1,6 +1,6 @@
 """One-shot pruning accuracy, no fine-tuning, for every criterion of fisherfast.
 
-(a) the digits MLP 64-64-64-10 of DESIGN §5 (3 seeds, 1000 per-sample gradients, damp 1e-5; WoodFisher
+(a) the digits MLP 64-64-64-10 on scikit-learn digits (3 seeds, 1000 per-sample gradients, damp 1e-5; WoodFisher
 with blocks of 512 weights) and
 (b) a small CNN on Fashion-MNIST (Debian `dataset-fashion-mnist`), at 50/70/80/90/95% sparsity.
 Global magnitude, the criterion of every other library, is measured in the same run as the peer.

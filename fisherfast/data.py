@@ -31,7 +31,7 @@ def digits_tensors(seed:int=0, valid_pct:float=0.3):
     return x[t], y[t], x[v], y[v]
 
 def digits_mlp(hidden=(64, 64, 64), seed:int=0) -> nn.Sequential:
-    "The MLP 64-64-64-10 of DESIGN §5 (ReLU), seeded"
+    "The MLP 64-64-64-10 (ReLU) for scikit-learn digits, seeded"
     torch.manual_seed(seed)
     sizes = (64, *hidden)
     layers = [l for a,b in zip(sizes, sizes[1:]) for l in (nn.Linear(a, b), nn.ReLU())]

@@ -2,7 +2,7 @@
 
 Random small models (Linear / Conv1d / Conv2d / Conv3d of random shapes), random sparsities,
 granularities, contexts, criteria and weights (continuous, or deliberately tied with
-`randint(0, 3)` to exercise the tie-breaking), checked against the contract of DESIGN.md §3:
+`randint(0, 3)` to exercise the tie-breaking), checked against the Sparsifier's contract:
 
 - counts are exact (local: `round(s·units)` per layer; global: `round(s·total)` over the model),
   ties broken by index (the later unit is pruned first), never by keeping every tied unit;
