@@ -111,3 +111,46 @@ def test_gpu_offload():
     assert stats['grads']['0'].device.type == 'cpu' and stats['grads']['0'].dtype == torch.float16
     ref = calibrate(m.cpu(), dl, nn.CrossEntropyLoss(), kinds=('fisher_diag',), progress=False)
     torch.testing.assert_close(stats.to('cpu')['fisher_diag']['0'], ref['fisher_diag']['0'], atol=1e-5, rtol=1e-3)
+
+
+# --- two processes, gloo: calibrate combines the statistics of all ranks ---------------------------------
+
+def _calibrate_worker(rank, world, port, out):
+    "Rank `rank` calibrates on its half of the data; every kind is reported over all of it"
+    import json, os
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        model,(x,y) = _ddp_model(),_ddp_data()
+        half = slice(rank * 12, (rank + 1) * 12)
+        stats = calibrate(model, [(x[half][:7], y[half][:7]), (x[half][7:], y[half][7:])], F.cross_entropy,
+                          kinds=('fisher_diag', 'grad', 'grads', 'act_norm', 'xtx'), progress=False)
+        torch.save({k: dict(d) for k,d in stats.items()} | {'counts': (stats.n_samples, stats.n_grads, stats.n_inputs)},
+                   f'{out}/{rank}.pt')
+    finally: dist.destroy_process_group()
+
+def _ddp_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+def _ddp_data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(24, 6, generator=g), torch.randint(0, 3, (24,), generator=g)
+
+def test_calibrate_two_processes_gloo_combines_ranks(tmp_path):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    mp.spawn(_calibrate_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0,r1 = (torch.load(tmp_path/f'{r}.pt', weights_only=False) for r in (0, 1))
+    x,y = _ddp_data()
+    ref = calibrate(_ddp_model(), [(x, y)], F.cross_entropy, kinds=('fisher_diag', 'grad', 'grads', 'act_norm', 'xtx'),
+                    progress=False)
+    assert r0['counts'] == r1['counts'] == (24, 24, {'0': 24, '2': 24})
+    for kind in ref.kinds:
+        for n,t in ref[kind].items():
+            torch.testing.assert_close(r0[kind][n], t, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(r1[kind][n], t, rtol=1e-5, atol=1e-6)
