@@ -1,7 +1,7 @@
 "Compact checkpoints round-trip any mask, bitmask or N:M, in every weight layout"
 import torch
 from hypothesis import given, settings, strategies as st
-from fisherfast.sparse.export import _decode, _encode
+from fisherfast.sparse.export import decode_weight, encode_weight
 
 
 @st.composite
@@ -25,8 +25,8 @@ def weights(draw):
 @given(weights())
 def test_roundtrip(case):
     w,mask,nm,transposed = case
-    rec = _encode(w, mask, nm, transposed)
-    w2,mask2 = _decode(rec)
+    rec = encode_weight(w, mask, nm, transposed)
+    w2,mask2 = decode_weight(rec)
     assert torch.equal(mask2, mask)
     assert torch.equal(w2.view(torch.int32), w.view(torch.int32))
     if 'nm' in rec: assert rec['codes'].numel() <= mask.numel() // 8 + 1

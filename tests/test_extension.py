@@ -75,3 +75,14 @@ def test_unknown_toy_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="'grad_abs' is not a known kind"): calibrate(mlp(), [], F.cross_entropy, kinds='grad_abs')
     with pytest.raises(ValueError, match="context='per_row' is not known"): Sparsifier(mlp(), context='per_row')
     with pytest.raises(ValueError, match="criteria='abs_taylor' is not known"): Sparsifier(mlp(), criteria='abs_taylor')
+
+
+def test_builtin_names_resolve_whatever_was_imported():
+    "Naming a built-in criterion works with only the Sparsifier and the statistics imported"
+    import subprocess, sys
+    code = ("import torch.nn as nn\nfrom fisherfast.sparse.sparsifier import Sparsifier\nfrom fisherfast.stats.calibrate import calibrate\n"
+            "import torch\nm = nn.Sequential(nn.Linear(4, 3))\n"
+            "st = calibrate(m, [(torch.randn(8, 4), torch.randint(0, 3, (8,)))], nn.functional.cross_entropy, progress=False)\n"
+            "for c in ('obd', 'woodfisher', 'sparsegpt'): print(Sparsifier(m, criteria=c, stats=st).criteria.name if c == 'obd' else c)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert out.returncode == 0 and 'obd' in out.stdout, out.stderr[-2000:]

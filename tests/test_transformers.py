@@ -148,7 +148,7 @@ def test_loss_aware(name, context):
         stats = calibrate(model, [batch(name)], loss(name), kinds=('fisher_diag',), layer_type=prunable_types(),
                           progress=False)
     sp = Sparsifier(model, 'weight', context, obd, stats=stats)
-    assert set(stats.layers) == set(sp.layers)
+    assert set(stats.layers) - set(sp.layers) == ({'lm_head'} if name == 'gpt2' else set())  # the tied head stays dense
     sp.sparsify_model(0.5)
     check_masks(sp)
     assert sp.sparsity_report().iloc[-1].sparsity == pytest.approx(0.5, abs=1e-3)
@@ -161,7 +161,7 @@ def test_wanda(name):
     model = build(name)
     stats = calibrate(model, [batch(name)], loss(name), kinds=('act_norm',), progress=False)
     sp = Sparsifier(model, 'weight', 'local', wanda, stats=stats)
-    assert set(stats.layers) == set(sp.layers)
+    assert set(stats.layers) - set(sp.layers) == ({'lm_head'} if name == 'gpt2' else set())  # the tied head stays dense
     sp.sparsify_model(0.5)
     check_masks(sp)
 
@@ -192,7 +192,8 @@ def test_torch_prune_roundtrip_gpt2():
     to_torch_prune(sp)
     assert model.transformer.h[0].attn.c_attn.weight_mask.shape == (32, 96)
     assert torch.equal(logits(model, 'gpt2'), out)
-    back = from_torch_prune(model, Sparsifier(model, 'row', 'local'))
+    back = from_torch_prune(model)
+    Sparsifier(model, 'row', 'local').set_masks(back)
     assert back.keys() == masks.keys() and all(torch.equal(back[n], masks[n]) for n in masks)
     assert not any(k.endswith(('_orig', '_mask')) for k in model.state_dict())
     assert torch.equal(logits(model, 'gpt2'), out)
