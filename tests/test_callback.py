@@ -216,3 +216,54 @@ def test_ddp_two_processes_gloo_identical_masks():
     assert r0 == r1, (r0, r1)
     n = sum(m.weight.numel() for m in digits_mlp().modules() if isinstance(m, nn.Linear))
     assert r0['pruned'] == round(0.85 * n) and r0['steps'] > 0 and r0['history'] > 1
+
+
+# --- fine_tune: a frozen body waits, then the schedule spans the fit that trains it -----------------------
+
+def _fine_tuned(criteria):
+    "The digits MLP trained dense, then fine-tuned (1 frozen epoch, then 4) with the callback at 80%: `(callback, accuracy, warnings)`"
+    from fastai.callback.schedule import fine_tune  # noqa: F401 (patches Learner.fine_tune)
+    from fastai.torch_core import params
+    learn = digits_learner(splitter=lambda m: [params(m[:-1]), params(m[-1])])
+    cb = SparsifyCallback(0.8, criteria=criteria)
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        learn.fit_one_cycle(10, 1e-2)  # the "pretrained" model
+        learn.fine_tune(4, 1e-2, freeze_epochs=1, cbs=cb)
+    return cb, float(learn.validate()[1]), [str(x.message) for x in w]
+
+def test_fine_tune_frozen_body_obd_end_to_end():
+    from fisherfast.criteria.fisher import obd
+    from fisherfast.criteria.base import magnitude
+    runs = {c.name: _fine_tuned(c) for c in (magnitude, obd)}
+    for name,(cb,acc,msgs) in runs.items():
+        assert any('frozen in this fit' in m for m in msgs), name
+        assert cb.current_sparsity() == pytest.approx(0.8, abs=1e-3), name
+        assert max(cb.layer_sparsity().values()) < 0.99, (name, cb.layer_sparsity())  # no layer deleted
+        assert cb.history and cb.history[0]['pct'] > 0, name  # pruned in the second fit, on its own schedule
+    accs = {k: v[1] for k,v in runs.items()}
+    assert runs['magnitude'][1] > 0.8, accs  # it learned, and pruning kept it working
+    assert runs['obd'][1] >= runs['magnitude'][1] - 0.01, accs
+
+def test_frozen_prune_with_gradient_criteria_is_refused():
+    from fisherfast.criteria.fisher import obd
+    learn = learner()
+    for p in learn.model[0].parameters(): p.requires_grad_(False)
+    with pytest.raises(ValueError, match="frozen in this fit"):
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=SparsifyCallback(0.5, criteria=obd, frozen='prune'))
+
+def test_arguments_checked_before_training():
+    for kw,msg in [(dict(round_to=0), 'round_to=0'), (dict(schedule=0.3), 'schedule=0.3 must be a Schedule'),
+                   (dict(granularity='neuron'), "granularity='neuron'"), (dict(context='globl'), "context='globl'"),
+                   (dict(criteria='obdd'), "criteria='obdd'"), (dict(nm=(4, 2)), 'nm=(4, 2)'), (dict(frozen='skip'), "frozen='skip'")]:
+        with pytest.raises((ValueError, TypeError), match=msg.replace('(', r'\(').replace(')', r'\)')): SparsifyCallback(0.5, **kw)
+    assert SparsifyCallback(0.5).current_sparsity() == 0.
+
+def test_metric_not_left_behind_by_a_failed_fit():
+    class Fails(Callback):
+        def after_batch(self): raise RuntimeError('boom')
+    learn,cb = learner(),SparsifyCallback(0.5)
+    with learn.no_bar(), learn.no_logging():
+        with pytest.raises(RuntimeError): learn.fit(1, cbs=[cb, Fails()])
+        learn.fit(1, cbs=cb)
+    assert sum(getattr(m, 'name', '') == 'sparsity' for m in learn.metrics) == 0

@@ -65,6 +65,7 @@ CRITERIA = {  # name: (make the criterion, statistics it needs, context)
     'obd': (lambda: obd, ('fisher_diag',), 'global'),
     'taylor': (lambda: taylor, ('grad',), 'global'),
     'wanda': (lambda: wanda, ('act_norm',), 'local'),
+    'wanda_layer': (lambda: wanda_layer, ('act_norm',), 'local'),
     'woodfisher': (lambda: woodfisher(block_size=32, n_grads=8, damp=1e-3), ('grads',), 'global'),
     'sparsegpt': (lambda: sparsegpt(dtype=torch.float64), ('xtx',), 'local'),
 }
