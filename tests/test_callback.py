@@ -267,3 +267,19 @@ def test_metric_not_left_behind_by_a_failed_fit():
         with pytest.raises(RuntimeError): learn.fit(1, cbs=[cb, Fails()])
         learn.fit(1, cbs=cb)
     assert sum(getattr(m, 'name', '') == 'sparsity' for m in learn.metrics) == 0
+
+
+def test_add_cb_then_load_restores_masks(tmp_path):
+    "A callback attached with `add_cb` (no `after_create`) still takes its masks out of a checkpoint"
+    cb = SparsifyCallback(0.6)
+    learn = learner(cbs=cb)
+    learn.path = tmp_path
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    learn.save('ck')
+    learn2 = learner(seed=1)
+    learn2.path = tmp_path
+    cb2 = SparsifyCallback(0.6)
+    learn2.add_cb(cb2)
+    learn2.load('ck')
+    with learn2.no_bar(), learn2.no_logging(): learn2.fit(1, 0.)
+    for n,k in cb.sparsifier.masks.items(): assert torch.equal(cb2.sparsifier.masks[n], k), n

@@ -107,3 +107,15 @@ def test_pickles_with_the_callback_after_training(tmp_path):
     assert {n: torch.equal(k, cb.sparsifier.masks[n]) for n,k in cb2.sparsifier.masks.items()} == {n: True for n in cb.sparsifier.masks}
     digits_mlp().load_state_dict(learn.model.state_dict())  # plain: the callback is detached after fit
     torch.save(learn.model, tmp_path/'model.pth')
+
+
+def test_learner_with_the_callback_saves_whole(tmp_path):
+    "`torch.save(learn)` with the callback attached, masks in its model's state dict; a wrong mask shape is named"
+    cb = SparsifyCallback(0.5, criteria='obd')
+    learn = digits_learner(cbs=cb)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    torch.save(learn, tmp_path/'learn.pth')
+    back = torch.load(tmp_path/'learn.pth', weights_only=False)
+    assert any(k.startswith('_sparsify.mask') for k in back.model.state_dict())
+    with pytest.raises(ValueError, match=r"state\['mask.0'\] has shape \(3, 3\), not the units \(64, 64\)"):
+        cb.sparsifier.load_state_dict({'mask.0': torch.ones(3, 3, dtype=torch.bool)})
