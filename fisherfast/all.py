@@ -6,8 +6,10 @@ from .core.masks import *
 from .core.context import *
 from .core.schedule import *
 from .stats.kinds import *
+from .stats.batches import *
 from .stats.calibrate import *
 from .stats.train import *
+from .stats.sequential import *
 from .criteria.base import *
 from .criteria.fisher import *
 from .criteria.obs import *
