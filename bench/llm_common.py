@@ -1,0 +1,44 @@
+"""What bench/llm_oneshot.py and its llmcompressor worker share: the cached model and data, perplexity, peak memory.
+Imports torch, transformers and safetensors only, so that it runs in either venv."""
+import json, resource, sys, time
+from pathlib import Path
+import torch
+
+CACHE = Path(__file__).resolve().parent.parent / 'models' / 'llm_oneshot'
+SEQ, N_CALIB = 128, 64
+
+def load_model(path=None):
+    "The pretrained model saved by the bench, in eval mode"
+    import transformers
+    transformers.logging.set_verbosity_error()
+    return transformers.AutoModelForCausalLM.from_pretrained(path or CACHE / 'model', torch_dtype=torch.float32).eval()
+
+def load_data() -> dict:
+    "`{'calib': (64, 128) token ids from the training text, 'heldout': (n, 128) windows of the held-out text}`"
+    return torch.load(CACHE / 'data.pt')
+
+@torch.no_grad()
+def perplexity(model, windows, bs=16) -> float:
+    "exp of the mean next-token cross-entropy over every window"
+    tot = n = 0.
+    for i in range(0, len(windows), bs):
+        x = windows[i:i + bs]
+        logits = model(input_ids=x).logits[:, :-1]
+        tot += torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction='sum').item()
+        n += x[:, 1:].numel()
+    return float(torch.exp(torch.tensor(tot / n)))
+
+def peak_rss_mb() -> float:
+    "The peak resident memory of this process so far, in MiB"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def report(**kw):
+    "One JSON line on stdout, the worker's result"
+    print('RESULT ' + json.dumps(kw), flush=True)
+
+def timed(f):
+    t = time.perf_counter(); f(); return time.perf_counter() - t
+
+def save_state(model, out):
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k,v in model.state_dict().items()}, out)
