@@ -102,7 +102,7 @@ def main():
     p.add_argument('--peer-python', default=str(HERE / '.venv-llmcompressor' / 'bin' / 'python'))
     p.add_argument('--no-peer', action='store_true')
     p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--steps', type=int, default=1200, help='pretraining steps (only when no model is cached)')
+    p.add_argument('--steps', type=int, default=500, help='pretraining steps (only when no model is cached)')
     p.add_argument('--worker', nargs=3, metavar=('METHOD', 'TARGET', 'OUT'), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker: return worker(*a.worker, a.threads)
@@ -143,7 +143,7 @@ def _line(r, peer):
 def _table(rows, peer):
     head = "| method | target | ours ppl (× dense) | " + ("llmcompressor ppl (× dense) | ppl ours / peer | " if peer else "") + \
            "ours time s | " + ("peer time s | time ours / peer | " if peer else "") + "ours peak MiB (Δ) |" + (" peer peak MiB (Δ) |" if peer else "")
-    lines = [head, '|' + '---|' * head.count(' | ')]
+    lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for r in rows:
         c = [r['method'], r['target'], f"{r['ours_ppl']:.3f} (×{r['ours_x']:.3f})"]
         if peer: c += [f"{r['peer_ppl']:.3f} (×{r['peer_x']:.3f})", f"{r['ours_ppl'] / r['peer_ppl']:.4f}"]

@@ -224,3 +224,23 @@ def test_two_processes_gloo_identical_weights(tmp_path):
     for n,t in ref.state_dict().items():
         assert torch.equal(r0[n], r1[n]), n
         torch.testing.assert_close(r0[n], t, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_woodfisher_on_block_rows_equals_all_at_once():
+    "Gradients collected a block at a time (twice per block in a global plan) give the same pruned weights"
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, vocab_size=V, num_labels=4)).eval()
+    g = torch.Generator().manual_seed(0)
+    dl = [(torch.randint(0, V, (8, 12), generator=g), torch.randint(0, 4, (8,), generator=g)) for _ in range(4)]
+    loss = lambda out, y: F.cross_entropy(out.logits, y)
+    res = {}
+    for by in ('model', 'block'):
+        m = copy.deepcopy(model)
+        st = calibrate(m, dl, loss, n_samples=32, kinds=('grads',), grads_by=by, progress=False)
+        sp = Sparsifier(m, 'weight', 'global', woodfisher(block_size=32, n_grads=32, damp=1e-4), stats=st).sparsify_model(0.6)
+        res[by] = (m, st['grads'])
+    assert type(res['block'][1]).__name__ == 'BlockRows'
+    assert res['block'][1].n_collected == 2 * len(res['block'][1].groups)  # scores, then updates: each group twice
+    for (n,p),q in zip(res['model'][0].named_parameters(), res['block'][0].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
