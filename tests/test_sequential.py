@@ -10,6 +10,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip('transformers')
 from fisherfast.all import *
 from fisherfast.stats.sequential import calibration_batches, sequential_calibrate
+from gloo import spawn
 
 transformers.logging.set_verbosity_error()
 V = 64
@@ -199,25 +200,14 @@ def test_callback_nm_skip_leaves_stem_dense(capsys):
     assert all(int((~k).sum()) == k.numel() // 2 for k in cb.sparsifier.masks.values())
 
 
-def _seq_worker(rank, world, port, out):
+def _seq_worker(rank, world, out):
     "Rank `rank` prunes with its half of the calibration batches"
-    import os
-    import torch.distributed as dist
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group('gloo', rank=rank, world_size=world)
-    try:
-        model = build('llama')
-        sparsegpt_prune(model, batches(n=4)[rank::world], 0.6, n_samples=8, progress=False)
-        torch.save(model.state_dict(), f'{out}/{rank}.pt')
-    finally: dist.destroy_process_group()
+    model = build('llama')
+    sparsegpt_prune(model, batches(n=4)[rank::world], 0.6, n_samples=8, progress=False)
+    torch.save(model.state_dict(), f'{out}/{rank}.pt')
 
 def test_two_processes_gloo_identical_weights(tmp_path):
-    import socket
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-    mp.spawn(_seq_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    spawn(_seq_worker, tmp_path)
     r0,r1 = (torch.load(tmp_path/f'{r}.pt') for r in (0, 1))
     ref = build('llama')
     sparsegpt_prune(ref, batches(n=4), 0.6, n_samples=16, progress=False)
@@ -238,7 +228,7 @@ def test_woodfisher_on_block_rows_equals_all_at_once():
     for by in ('model', 'block'):
         m = copy.deepcopy(model)
         st = calibrate(m, dl, loss, n_samples=32, kinds=('grads',), grads_by=by, progress=False)
-        sp = Sparsifier(m, 'weight', 'global', woodfisher(block_size=32, n_grads=32, damp=1e-4), stats=st).sparsify_model(0.6)
+        Sparsifier(m, 'weight', 'global', woodfisher(block_size=32, n_grads=32, damp=1e-4), stats=st).sparsify_model(0.6)
         res[by] = (m, st['grads'])
     assert type(res['block'][1]).__name__ == 'BlockRows'
     assert res['block'][1].n_collected == 2 * len(res['block'][1].groups)  # scores, then updates: each group twice
