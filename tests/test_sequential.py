@@ -234,3 +234,27 @@ def test_woodfisher_on_block_rows_equals_all_at_once():
     assert res['block'][1].n_collected == 2 * len(res['block'][1].groups)  # scores, then updates: each group twice
     for (n,p),q in zip(res['model'][0].named_parameters(), res['block'][0].parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_vit_layers_before_and_after_the_blocks():
+    "A ViT's patch-embedding conv runs before the first block and its classifier after the last: both pruned, in order"
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 image_size=8, patch_size=4, num_channels=4, num_labels=8)
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    dl = [(torch.randn(4, 4, 8, 8, generator=g), torch.zeros(4)) for _ in range(2)]
+    layers = untied_layers(model, prunable_layers(model))
+    order = []
+    def prune(stats, names):
+        ref = calibrate(model, dl, None, n_samples=8, kinds=('xtx',), progress=False)
+        for n in names:
+            torch.testing.assert_close(stats['xtx'][n], ref['xtx'][n], rtol=1e-4, atol=1e-4)
+            w = model.get_submodule(n).weight
+            w.data.masked_fill_(w.abs() < w.abs().median(), 0)
+        order.append(names)
+    sequential_calibrate(model, calibration_batches(dl, 8, 'cpu'), layers, ('xtx',), prune, progress=False)
+    assert order[0] == ['vit.embeddings.patch_embeddings.projection'] and order[-1] == ['classifier']
+    assert len(order) == 4
+    sp = sparsegpt_prune(copy.deepcopy(model), dl, 0.5, n_samples=8, progress=False)
+    assert all(int((~k).sum()) == k.numel() // 2 for k in sp.masks.values())
