@@ -13,8 +13,10 @@ from .stats.sequential import *
 from .criteria.base import *
 from .criteria.fisher import *
 from .criteria.obs import *
+from .criteria.history import *
 from .sparse.sparsifier import *
 from .sparse.layerwise import *
 from .sparse.export import *
 from .sparse.sensitivity import *
 from .sparse.callback import *
+from .sparse.torchao import *
