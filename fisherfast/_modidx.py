@@ -740,8 +740,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'fisherfast/stats/sequential.py'),
                                              'fisherfast.stats.sequential._no_kv_cache': ( 'stats/sequential.html#_no_kv_cache',
                                                                                            'fisherfast/stats/sequential.py'),
-                                             'fisherfast.stats.sequential._nothing': ( 'stats/sequential.html#_nothing',
-                                                                                       'fisherfast/stats/sequential.py'),
                                              'fisherfast.stats.sequential.calibration_batches': ( 'stats/sequential.html#calibration_batches',
                                                                                                   'fisherfast/stats/sequential.py'),
                                              'fisherfast.stats.sequential.sequential_calibrate': ( 'stats/sequential.html#sequential_calibrate',
