@@ -1,0 +1,82 @@
+"The code of docs/migrating.md runs, and does what the library it replaces does"
+import copy, warnings
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fisherfast.all import *
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def test_torch_prune_global_l1_same_masks():
+    import torch.nn.utils.prune as prune
+    a,b = mlp(),mlp()
+    prune.global_unstructured([(a[0], 'weight'), (a[2], 'weight')], pruning_method=prune.L1Unstructured, amount=0.7)
+    Sparsifier(b, 'weight', 'global', magnitude).sparsify_model(0.7)
+    for i in (0, 2): assert torch.equal(a[i].weight_mask.bool(), b[i].weight != 0)
+    masks = from_torch_prune(a)  # and take the torch.nn.utils.prune masks over
+    sp = Sparsifier(a).set_masks(masks)
+    assert all(torch.equal(sp.masks[n], b.get_submodule(n).weight != 0) for n in sp.masks)
+
+
+def test_fasterai_names_in_the_callback():
+    from fastai.learner import Learner
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
+    from fastai.data.core import DataLoaders
+    from torch.utils.data import DataLoader, TensorDataset
+    ds = TensorDataset(torch.randn(64, 8), torch.randint(0, 4, (64,)))
+    dls = DataLoaders(DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=16))
+    for crit in ('large_final', 'movement', 'updating_magnitude_increase'):
+        learn = Learner(dls, mlp(), F.cross_entropy)
+        cb = SparsifyCallback(0.5, granularity='weight', context='global', criteria=crit,
+                              schedule=Schedule(agp.f, start_pct=0.2, name='agp'))
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-2, cbs=cb)
+        assert abs(cb.current_sparsity() - 0.5) < 1e-6, crit
+        assert cb.history[0]['pct'] >= 0.2
+
+
+def test_torch_ao_flow():
+    model,x,y = mlp(),torch.randn(32, 8),torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), 0.1)
+    pruner = FisherPruner(sparsity_level=0.5, criteria='obd')
+    pruner.prepare(model, config=[{'tensor_fqn': '0.weight'}])
+    for i in range(0, 32, 8):
+        F.cross_entropy(model(x[i:i + 8]), y[i:i + 8]).backward(); pruner.accumulate_fim(); opt.step(); opt.zero_grad()
+    pruner.step(); pruner.squash_mask()
+    assert int((model[0].weight == 0).sum()) == 64
+
+
+def test_llmcompressor_style_dataloader_of_dicts():
+    transformers = pytest.importorskip('transformers')
+    from torch.utils.data import DataLoader
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=64))
+    rows = [{'input_ids': torch.randint(0, 64, (int(n),))} for n in torch.randint(6, 13, (16,))]
+    def collator(rs):
+        T = max(len(r['input_ids']) for r in rs)
+        ids = torch.stack([F.pad(r['input_ids'], (0, T - len(r['input_ids']))) for r in rs])
+        am = torch.stack([(torch.arange(T) < len(r['input_ids'])).long() for r in rs])
+        return dict(input_ids=ids, attention_mask=am)
+    dl = DataLoader(rows, batch_size=8, collate_fn=collator)
+    for prune in (sparsegpt_prune, wanda_prune):
+        m = copy.deepcopy(model)
+        sp = prune(m, dl, nm=True, n_samples=16, ignore='re:.*lm_head', progress=False)
+        assert 'lm_head' not in sp.pruned and len(sp.pruned) == 2 * 7
+        assert abs(float(sp.sparsity_report().sparsity.iloc[-1]) - 0.5) < 1e-9
+
+
+def test_woodfisher_repository_options():
+    model = mlp()
+    x,y = torch.randn(80, 8),torch.randint(0, 4, (80,))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        stats = calibrate(model, [(x, y)], F.cross_entropy, n_samples=80, kinds=('grads',), progress=False)
+    crit = woodfisher(n_grads=80, damp=1e-5, recompute=4, recompute_schedule='poly', recompute_degree=2, scale_prune_update=1.)
+    sp = Sparsifier(model, 'weight', 'global', crit, stats=stats).sparsify_model(0.9)
+    assert sum(int((~k).sum()) for k in sp.masks.values()) == round(0.9 * (128 + 64))
