@@ -80,3 +80,13 @@ def test_woodfisher_repository_options():
     crit = woodfisher(n_grads=80, damp=1e-5, recompute=4, recompute_schedule='poly', recompute_degree=2, scale_prune_update=1.)
     sp = Sparsifier(model, 'weight', 'global', crit, stats=stats).sparsify_model(0.9)
     assert sum(int((~k).sum()) for k in sp.masks.values()) == round(0.9 * (128 + 64))
+
+
+def test_round_up_as_fasterai():
+    "20 filters at 50%: fasterai keeps 16 with round_to=8 (rounded up); RoundUp(8) does the same, a plain 8 keeps 8"
+    kept = {}
+    for r in (RoundUp(8), 8):
+        sp = Sparsifier(nn.Sequential(nn.Conv2d(3, 20, 3)), 'filter', 'local')
+        sp.sparsify_model(0.5, round_to=r)
+        kept[repr(r)] = int(sp.pruned['0'].units.sum())
+    assert kept == {'RoundUp(8)': 16, '8': 8}
