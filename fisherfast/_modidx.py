@@ -262,6 +262,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._WoodFisher._drop': ( 'criteria/obs.html#_woodfisher._drop',
                                                                                         'fisherfast/criteria/obs.py'),
+                                         'fisherfast.criteria.obs._WoodFisher._on': ( 'criteria/obs.html#_woodfisher._on',
+                                                                                      'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._WoodFisher.grads_for': ( 'criteria/obs.html#_woodfisher.grads_for',
                                                                                             'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._WoodFisher.inverse': ( 'criteria/obs.html#_woodfisher.inverse',
