@@ -51,6 +51,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                      'fisherfast/core/granularity.py'),
                                              'fisherfast.core.granularity.Granularity.__repr__': ( 'core/granularity.html#granularity.__repr__',
                                                                                                    'fisherfast/core/granularity.py'),
+                                             'fisherfast.core.granularity.Granularity.applies': ( 'core/granularity.html#granularity.applies',
+                                                                                                  'fisherfast/core/granularity.py'),
                                              'fisherfast.core.granularity.Granularity.block_shape': ( 'core/granularity.html#granularity.block_shape',
                                                                                                       'fisherfast/core/granularity.py'),
                                              'fisherfast.core.granularity.Granularity.check': ( 'core/granularity.html#granularity.check',

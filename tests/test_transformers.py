@@ -47,7 +47,7 @@ def loss(name):
 
 MODELS = {'bert': bert, 'gpt2': gpt2, 'vit': vit}
 # the granularities that apply to a 2-D weight ('kernel' needs a conv kernel)
-GRANS = [n for n,g in granularities.items() if g.min_dims <= 2]
+GRANS = [n for n,g in granularities.items() if g.applies(2)]
 
 
 @functools.cache
@@ -80,6 +80,7 @@ def test_layers_found():
 @pytest.mark.parametrize('gran', GRANS)
 @pytest.mark.parametrize('name', list(MODELS))
 def test_granularity(name, gran, context):
+    if gran == 'layer' and context == 'local': pytest.skip("one unit per layer: a local target of 50% rounds each layer to 0 or 1 unit")
     model = build(name)
     dense = logits(model, name)
     sp = Sparsifier(model, gran, context)
