@@ -539,6 +539,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                       'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier.unit_scores': ( 'sparse/sparsifier.html#sparsifier.unit_scores',
                                                                                                        'fisherfast/sparse/sparsifier.py'),
+                                              'fisherfast.sparse.sparsifier.Sparsifier.unprune': ( 'sparse/sparsifier.html#sparsifier.unprune',
+                                                                                                   'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.Sparsifier.view': ( 'sparse/sparsifier.html#sparsifier.view',
                                                                                                 'fisherfast/sparse/sparsifier.py'),
                                               'fisherfast.sparse.sparsifier.check_recollect': ( 'sparse/sparsifier.html#check_recollect',
