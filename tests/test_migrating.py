@@ -90,3 +90,16 @@ def test_round_up_as_fasterai():
         sp.sparsify_model(0.5, round_to=r)
         kept[repr(r)] = int(sp.pruned['0'].units.sum())
     assert kept == {'RoundUp(8)': 16, '8': 8}
+
+
+def test_flop_aware_woodfisher_mode():
+    "WoodFisher's FLOP-aware mode: a FLOP target for the model, saliency per FLOP"
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
+    x = torch.randn(2, 3, 8, 8)
+    costs = flop_costs(net, x)
+    assert costs == {'0': 64, '3': 1}
+    sp = Sparsifier(net, 'weight', Flops(costs), magnitude).sparsify_model(0.5)
+    flops = lambda: sum(int((sp.layers[n].weight != 0).sum()) * c for n,c in costs.items())
+    total = sum(sp.layers[n].weight.numel() * c for n,c in costs.items())
+    assert 0.5 * total - 64 < total - flops() and flops() <= 0.5 * total
