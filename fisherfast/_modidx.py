@@ -273,6 +273,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._WoodFisher.__init__': ( 'criteria/obs.html#_woodfisher.__init__',
                                                                                            'fisherfast/criteria/obs.py'),
+                                         'fisherfast.criteria.obs._WoodFisher._blocked': ( 'criteria/obs.html#_woodfisher._blocked',
+                                                                                           'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._WoodFisher._drop': ( 'criteria/obs.html#_woodfisher._drop',
                                                                                         'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._WoodFisher._on': ( 'criteria/obs.html#_woodfisher._on',
