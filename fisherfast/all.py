@@ -10,6 +10,7 @@ from .stats.batches import *
 from .stats.calibrate import *
 from .stats.train import *
 from .stats.sequential import *
+from .stats.hessian import *
 from .criteria.base import *
 from .criteria.fisher import *
 from .criteria.obs import *
