@@ -300,6 +300,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._chol_inverse': ( 'criteria/obs.html#_chol_inverse',
                                                                                     'fisherfast/criteria/obs.py'),
+                                         'fisherfast.criteria.obs._devices': ('criteria/obs.html#_devices', 'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._eye': ('criteria/obs.html#_eye', 'fisherfast/criteria/obs.py'),
                                          'fisherfast.criteria.obs._fisher_inverse': ( 'criteria/obs.html#_fisher_inverse',
                                                                                       'fisherfast/criteria/obs.py'),
