@@ -103,3 +103,17 @@ def test_flop_aware_woodfisher_mode():
     flops = lambda: sum(int((sp.layers[n].weight != 0).sum()) * c for n,c in costs.items())
     total = sum(sp.layers[n].weight.numel() * c for n,c in costs.items())
     assert 0.5 * total - 64 < total - flops() and flops() <= 0.5 * total
+
+
+def test_woodtaylor_and_naive_hess_as_documented():
+    model = mlp()
+    x,y = torch.randn(64, 8),torch.randint(0, 4, (64,))
+    dl = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        stats = calibrate(model, dl, F.cross_entropy, n_samples=64, kinds=('grads', 'grad'), progress=False)
+    m1 = copy.deepcopy(model)
+    Sparsifier(m1, 'weight', 'global', woodfisher(n_grads=64, damp=1e-3, woodtaylor=True), stats=stats).sparsify_model(0.5)
+    m2 = copy.deepcopy(model)
+    Sparsifier(m2, 'weight', 'global', 'naive_hess', stats=hessian_diag(m2, dl, F.cross_entropy)).sparsify_model(0.5)
+    for m in (m1, m2): assert sum(int((l.weight == 0).sum()) for l in (m[0], m[2])) == 96
