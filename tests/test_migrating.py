@@ -117,3 +117,16 @@ def test_woodtaylor_and_naive_hess_as_documented():
     m2 = copy.deepcopy(model)
     Sparsifier(m2, 'weight', 'global', 'naive_hess', stats=hessian_diag(m2, dl, F.cross_entropy)).sparsify_model(0.5)
     for m in (m1, m2): assert sum(int((l.weight == 0).sum()) for l in (m[0], m[2])) == 96
+
+
+def test_fasterai_dsd_schedule():
+    from fastai.learner import Learner
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
+    from fastai.data.core import DataLoaders
+    from torch.utils.data import DataLoader, TensorDataset
+    ds = TensorDataset(torch.randn(64, 8), torch.randint(0, 4, (64,)))
+    dls = DataLoaders(DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=16))
+    learn = Learner(dls, mlp(), F.cross_entropy)
+    cb = SparsifyCallback(0.5, schedule=dsd)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 1e-2, cbs=cb)
+    assert abs(max(h['sparsity'] for h in cb.history) - 0.5) < 0.02 and cb.current_sparsity() == 0.
