@@ -21,7 +21,7 @@ from llm_common import CACHE, N_CALIB, SEQ, load_data, load_model, peak_rss_mb, 
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ['0.5', '0.7', '2:4']
-METHODS = ['sparsegpt', 'wanda']
+METHODS = ['sparsegpt', 'wanda', 'sparsegpt+owl', 'wanda+owl']  # +owl: OWL's per-block sparsities (M 5, λ 0.08), not for N:M
 
 def pretrain(steps:int, threads:int):
     "Train the tokenizer and the model on pydoc_data.topics once; cache them with the calibration and held-out windows"
@@ -76,9 +76,10 @@ def worker(method:str, target:str, out:str, threads:int):
     model,calib = load_model(),load_data()['calib']
     dl = [dict(input_ids=calib[i:i + 8]) for i in range(0, N_CALIB, 8)]
     nm,sparsity = (True, 0.5) if target == '2:4' else (None, float(target))
-    prune = sparsegpt_prune if method == 'sparsegpt' else wanda_prune
+    prune = sparsegpt_prune if method.startswith('sparsegpt') else wanda_prune
+    owl = dict(allocation='owl', owl_m=5., owl_lambda=0.08) if method.endswith('+owl') else {}
     base = peak_rss_mb()
-    secs = timed(lambda: prune(model, dl, sparsity, nm=nm, n_samples=N_CALIB, ignore='lm_head', progress=False))
+    secs = timed(lambda: prune(model, dl, sparsity, nm=nm, n_samples=N_CALIB, ignore='lm_head', progress=False, **owl))
     save_state(model, out)
     report(seconds=secs, peak_mb=peak_rss_mb(), base_mb=base)
 
@@ -119,6 +120,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for method in METHODS:
             for target in TARGETS:
+                if method.endswith('+owl') and ':' in target: continue
                 row = dict(method=method, target=target)
                 libs = [('ours', [sys.executable, __file__, '--threads', str(a.threads), '--worker', method, target])]
                 if peer: libs.append(('peer', [a.peer_python, str(HERE / 'llm_oneshot_peer.py'), '--threads', str(a.threads),
@@ -132,6 +134,12 @@ def main():
                 rows.append(row)
                 print(_line(row, peer), flush=True)
     print('\n' + _table(rows, peer))
+    if peer:
+        for r in rows:
+            r['gap'] = r['ours_ppl'] / r['peer_ppl'] - 1
+        worst = max(rows, key=lambda r: abs(r['gap']))
+        print(f"\nlargest perplexity gap to llmcompressor: {worst['gap']:+.2%} ({worst['method']} {worst['target']}); "
+              f"slowest time ratio: {max(r['ours_s'] / r['peer_s'] for r in rows):.2f}")
 
 def _line(r, peer):
     s = (f"{r['method']:9s} {r['target']:4s}  ours ppl {r['ours_ppl']:.3f} (×{r['ours_x']:.3f}) {r['ours_s']:.1f} s "

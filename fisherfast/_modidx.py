@@ -442,6 +442,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'fisherfast/sparse/layerwise.py'),
                                              'fisherfast.sparse.layerwise.layerwise_prune': ( 'sparse/layerwise.html#layerwise_prune',
                                                                                               'fisherfast/sparse/layerwise.py'),
+                                             'fisherfast.sparse.layerwise.owl_targets': ( 'sparse/layerwise.html#owl_targets',
+                                                                                          'fisherfast/sparse/layerwise.py'),
                                              'fisherfast.sparse.layerwise.sparsegpt_layer': ( 'sparse/layerwise.html#sparsegpt_layer',
                                                                                               'fisherfast/sparse/layerwise.py'),
                                              'fisherfast.sparse.layerwise.sparsegpt_prune': ( 'sparse/layerwise.html#sparsegpt_prune',
