@@ -83,11 +83,13 @@ def worker(method:str, target:str, out:str, threads:int):
     save_state(model, out)
     report(seconds=secs, peak_mb=peak_rss_mb(), base_mb=base)
 
-def run(cmd:list) -> dict:
-    "Run a worker; its RESULT line"
+def run(cmd:list, peer:bool=False) -> dict|str:
+    "Run a worker; its RESULT line (for the peer, the last line of its error when it crashes: a result of the bench too)"
     r = subprocess.run(cmd, capture_output=True, text=True)
     lines = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
-    if r.returncode or not lines: raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    if r.returncode or not lines:
+        if peer: return (r.stderr.strip().splitlines() or ['no output'])[-1][:120]
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     return json.loads(lines[-1][7:])
 
 def pruned_ppl(path:str, heldout) -> tuple:
@@ -127,25 +129,29 @@ def main():
                                                '--method', method, '--target', target]))
                 for lib,cmd in libs:
                     out = f"{tmp}/{lib}-{method}-{target}.safetensors"
-                    r = run(cmd + ([out] if lib == 'ours' else ['--out', out]))
+                    r = run(cmd + ([out] if lib == 'ours' else ['--out', out]), peer=lib == 'peer')
+                    if isinstance(r, str): row['peer_crash'] = r; continue
                     ppl,sp = pruned_ppl(out, heldout)
                     row.update({f'{lib}_ppl': ppl, f'{lib}_x': ppl / dense, f'{lib}_s': r['seconds'],
                                 f'{lib}_mb': r['peak_mb'], f'{lib}_dmb': r['peak_mb'] - r['base_mb'], f'{lib}_sparsity': sp})
                 rows.append(row)
                 print(_line(row, peer), flush=True)
     print('\n' + _table(rows, peer))
-    if peer:
-        for r in rows:
-            r['gap'] = r['ours_ppl'] / r['peer_ppl'] - 1
-        worst = max(rows, key=lambda r: abs(r['gap']))
+    ran = [r for r in rows if 'peer_ppl' in r]
+    for r in rows:
+        if 'peer_crash' in r: print(f"llmcompressor crashed on {r['method']} {r['target']}: {r['peer_crash']}")
+    if peer and ran:
+        for r in ran: r['gap'] = r['ours_ppl'] / r['peer_ppl'] - 1
+        worst = max(ran, key=lambda r: abs(r['gap']))
         print(f"\nlargest perplexity gap to llmcompressor: {worst['gap']:+.2%} ({worst['method']} {worst['target']}); "
-              f"slowest time ratio: {max(r['ours_s'] / r['peer_s'] for r in rows):.2f}")
+              f"slowest time ratio: {max(r['ours_s'] / r['peer_s'] for r in ran):.2f}")
 
 def _line(r, peer):
     s = (f"{r['method']:9s} {r['target']:4s}  ours ppl {r['ours_ppl']:.3f} (×{r['ours_x']:.3f}) {r['ours_s']:.1f} s "
          f"{r['ours_mb']:.0f} MiB, sparsity {r['ours_sparsity']:.4f}")
-    if peer: s += (f"  |  llmcompressor ppl {r['peer_ppl']:.3f} (×{r['peer_x']:.3f}) {r['peer_s']:.1f} s {r['peer_mb']:.0f} MiB, "
-                   f"sparsity {r['peer_sparsity']:.4f}")
+    if peer and 'peer_crash' in r: s += f"  |  llmcompressor crashed: {r['peer_crash']}"
+    elif peer: s += (f"  |  llmcompressor ppl {r['peer_ppl']:.3f} (×{r['peer_x']:.3f}) {r['peer_s']:.1f} s {r['peer_mb']:.0f} MiB, "
+                     f"sparsity {r['peer_sparsity']:.4f}")
     return s
 
 def _table(rows, peer):
@@ -154,11 +160,15 @@ def _table(rows, peer):
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for r in rows:
         c = [r['method'], r['target'], f"{r['ours_ppl']:.3f} (×{r['ours_x']:.3f})"]
-        if peer: c += [f"{r['peer_ppl']:.3f} (×{r['peer_x']:.3f})", f"{r['ours_ppl'] / r['peer_ppl']:.4f}"]
+        crashed = peer and 'peer_crash' in r
+        if crashed: c += ['crashed', '']
+        elif peer: c += [f"{r['peer_ppl']:.3f} (×{r['peer_x']:.3f})", f"{r['ours_ppl'] / r['peer_ppl']:.4f}"]
         c += [f"{r['ours_s']:.1f}"]
-        if peer: c += [f"{r['peer_s']:.1f}", f"{r['ours_s'] / r['peer_s']:.2f}"]
+        if crashed: c += ['', '']
+        elif peer: c += [f"{r['peer_s']:.1f}", f"{r['ours_s'] / r['peer_s']:.2f}"]
         c += [f"{r['ours_mb']:.0f} ({r['ours_dmb']:+.0f})"]
-        if peer: c += [f"{r['peer_mb']:.0f} ({r['peer_dmb']:+.0f})"]
+        if crashed: c += ['']
+        elif peer: c += [f"{r['peer_mb']:.0f} ({r['peer_dmb']:+.0f})"]
         lines.append('| ' + ' | '.join(c) + ' |')
     return '\n'.join(lines)
 
