@@ -17,13 +17,33 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, os.path.dirname(__file__))
 from pathlib import Path
 import torch
-from llm_common import CACHE, N_CALIB, SEQ, load_data, load_model, peak_rss_mb, perplexity, report, save_state, timed
+from llm_common import CACHES, IGNORE, N_CALIB, head_free, SEQ, load_data, load_model, peak_rss_mb, perplexity, report, save_state, timed
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ['0.5', '0.7', '2:4']
-METHODS = ['sparsegpt', 'wanda', 'sparsegpt+owl', 'wanda+owl']  # +owl: OWL's per-block sparsities (M 5, λ 0.08), not for N:M
+# +refit: the kept weights re-fitted by least squares; +owl: OWL's per-block sparsities (M 5, λ 0.08), not for N:M
+METHODS = ['sparsegpt', 'sparsegpt+refit', 'admm', 'wanda', 'wanda+refit', 'sparsegpt+owl', 'wanda+owl']
+PEER_METHODS = ['sparsegpt', 'wanda', 'sparsegpt+owl', 'wanda+owl']
+PRETRAIN = {'llama': (500, 2e-3), 'bert': (1500, 2e-3)}  # steps, peak learning rate
 
-def pretrain(steps:int, threads:int):
+def _mask(x:torch.Tensor, mask_id:int, vocab:int, g:torch.Generator, train:bool=True) -> tuple:
+    "BERT's masking: 15% of the tokens are targets; in training 80% of them become `mask_id`, 10% a random token"
+    target = torch.rand(x.shape, generator=g) < 0.15
+    y = torch.where(target, x, -100)
+    r = torch.rand(x.shape, generator=g) if train else torch.zeros(x.shape)
+    x = torch.where(target & (r < 0.8), mask_id, x)
+    return torch.where(target & (r >= 0.9), torch.randint(0, vocab, x.shape, generator=g), x),y
+
+def _config(family:str, vocab:int):
+    import transformers
+    common = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, vocab_size=vocab,
+                  max_position_embeddings=SEQ, pad_token_id=0)
+    if family == 'llama':
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            **common, num_key_value_heads=4, attention_dropout=0.1, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0))
+    return transformers.BertForMaskedLM(transformers.BertConfig(**common, type_vocab_size=1))
+
+def pretrain(family:str, steps:int, threads:int, lr:float):
     "Train the tokenizer and the model on pydoc_data.topics once; cache them with the calibration and held-out windows"
     import pydoc_data.topics, transformers
     from tokenizers import ByteLevelBPETokenizer
@@ -34,54 +54,56 @@ def pretrain(steps:int, threads:int):
     held_text = '\n\n'.join(t for i,t in enumerate(topics) if i % 10 == 0)
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator([train_text[i:i + 10000] for i in range(0, len(train_text), 10000)], vocab_size=2048,
-                            min_frequency=2, special_tokens=['<|endoftext|>'])
+                            min_frequency=2, special_tokens=['<|endoftext|>'] + (['<mask>'] if family == 'bert' else []))
     train = torch.tensor(tok.encode(train_text).ids)
     held = torch.tensor(tok.encode(held_text).ids)
-    cfg = transformers.LlamaConfig(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                                   num_key_value_heads=4, vocab_size=tok.get_vocab_size(), max_position_embeddings=SEQ,
-                                   attention_dropout=0.1,
-                                   tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    vocab = tok.get_vocab_size()
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
-    heldout = held[:len(held) // SEQ * SEQ].view(-1, SEQ)
+    model = _config(family, vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    data = {'heldout': held[:len(held) // SEQ * SEQ].view(-1, SEQ)}
+    if family == 'bert':
+        mask_id = tok.token_to_id('<mask>')
+        data['heldout_masked'],data['heldout_labels'] = _mask(data['heldout'], mask_id, vocab, torch.Generator().manual_seed(2), False)
     g = torch.Generator().manual_seed(0)
     t = time.time()
     for i in range(steps):
         idx = torch.randint(0, len(train) - SEQ, (16,), generator=g)
         x = torch.stack([train[j:j + SEQ] for j in idx])
-        loss = model(input_ids=x, labels=x).loss
+        loss = model(input_ids=x, labels=x).loss if family == 'llama' else model(**dict(zip(('input_ids', 'labels'), _mask(x, mask_id, vocab, g)))).loss
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         if i % 200 == 0 or i == steps - 1:
-            print(f"  step {i:5d}  train loss {loss.item():.3f}  held-out perplexity {perplexity(model.eval(), heldout):.1f}  "
+            print(f"  step {i:5d}  train loss {loss.item():.3f}  held-out perplexity {perplexity(model.eval(), data):.1f}  "
                   f"{time.time() - t:.0f} s", flush=True)
             model.train()
     idx = torch.randint(0, len(train) - SEQ, (N_CALIB,), generator=torch.Generator().manual_seed(1))
-    calib = torch.stack([train[j:j + SEQ] for j in idx])
-    CACHE.mkdir(parents=True, exist_ok=True)
-    model.eval().save_pretrained(CACHE / 'model')
-    tok.save(str(CACHE / 'tokenizer.json'))
+    data['calib'] = torch.stack([train[j:j + SEQ] for j in idx])
+    cache = CACHES[family]
+    cache.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(cache / 'model')
+    tok.save(str(cache / 'tokenizer.json'))
     # llmcompressor loads a processor from the model's folder when given a dataset
-    transformers.PreTrainedTokenizerFast(tokenizer_file=str(CACHE / 'tokenizer.json'), eos_token='<|endoftext|>',
-                                         pad_token='<|endoftext|>').save_pretrained(CACHE / 'model')
-    torch.save({'calib': calib, 'heldout': heldout}, CACHE / 'data.pt')
-    print(f"pretrained in {time.time() - t:.0f} s; held-out perplexity {perplexity(model.eval(), heldout):.2f}")
+    transformers.PreTrainedTokenizerFast(tokenizer_file=str(cache / 'tokenizer.json'), eos_token='<|endoftext|>',
+                                         pad_token='<|endoftext|>').save_pretrained(cache / 'model')
+    torch.save(data, cache / 'data.pt')
+    print(f"pretrained {family} in {time.time() - t:.0f} s; held-out perplexity {perplexity(model.eval(), data):.2f}")
 
-def worker(method:str, target:str, out:str, threads:int):
-    "fisherfast's run: one method and target, in this process"
-    from fisherfast.all import sparsegpt_prune, wanda_prune
+def worker(family:str, method:str, target:str, out:str, threads:int):
+    "fisherfast's run: one model, method and target, in this process"
+    from fisherfast.all import layerwise_prune
     torch.set_num_threads(threads)
     warnings.filterwarnings('ignore')
-    model,calib = load_model(),load_data()['calib']
+    model,calib = load_model(family),load_data(family)['calib']
     dl = [dict(input_ids=calib[i:i + 8]) for i in range(0, N_CALIB, 8)]
     nm,sparsity = (True, 0.5) if target == '2:4' else (None, float(target))
-    prune = sparsegpt_prune if method.startswith('sparsegpt') else wanda_prune
-    owl = dict(allocation='owl', owl_m=5., owl_lambda=0.08) if method.endswith('+owl') else {}
-    base = peak_rss_mb()
-    secs = timed(lambda: prune(model, dl, sparsity, nm=nm, n_samples=N_CALIB, ignore='lm_head', progress=False, **owl))
+    base,_,extra = method.partition('+')
+    kw = dict(allocation='owl', owl_m=5., owl_lambda=0.08) if extra == 'owl' else dict(refit=20) if extra == 'refit' else {}
+    rss = peak_rss_mb()
+    secs = timed(lambda: layerwise_prune(model, dl, sparsity, base, nm=nm, n_samples=N_CALIB, ignore=IGNORE[family],
+                                         progress=False, **kw))
     save_state(model, out)
-    report(seconds=secs, peak_mb=peak_rss_mb(), base_mb=base)
+    report(seconds=secs, peak_mb=peak_rss_mb(), base_mb=rss)
 
 def run(cmd:list, peer:bool=False) -> dict|str:
     "Run a worker; its RESULT line (for the peer, the last line of its error when it crashes: a result of the bench too)"
@@ -92,82 +114,102 @@ def run(cmd:list, peer:bool=False) -> dict|str:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     return json.loads(lines[-1][7:])
 
-def pruned_ppl(path:str, heldout) -> tuple:
+def pruned_ppl(family:str, path:str, data:dict) -> tuple:
     "Perplexity of the saved pruned weights, and the sparsity of the Linear layers other than the head"
     from safetensors.torch import load_file
-    model = load_model()
+    model = load_model(family)
     model.load_state_dict(load_file(path))
-    ws = [m.weight for n,m in model.named_modules() if isinstance(m, torch.nn.Linear) and 'lm_head' not in n]
-    return perplexity(model, heldout),sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+    ws = [m.weight for n,m in model.named_modules() if isinstance(m, torch.nn.Linear) and head_free(n, family)]
+    return perplexity(model, data),sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--peer-python', default=str(HERE / '.venv-llmcompressor' / 'bin' / 'python'))
     p.add_argument('--no-peer', action='store_true')
     p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--steps', type=int, default=500, help='pretraining steps (only when no model is cached)')
-    p.add_argument('--worker', nargs=3, metavar=('METHOD', 'TARGET', 'OUT'), help=argparse.SUPPRESS)
+    p.add_argument('--models', nargs='+', default=list(CACHES), choices=list(CACHES))
+    p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    p.add_argument('--targets', nargs='+', default=TARGETS, choices=TARGETS)
+    p.add_argument('--worker', nargs=4, metavar=('MODEL', 'METHOD', 'TARGET', 'OUT'), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker: return worker(*a.worker, a.threads)
-    if not (CACHE / 'data.pt').exists(): pretrain(a.steps, max(a.threads, torch.get_num_threads()))
+    for family in a.models:
+        if not (CACHES[family] / 'data.pt').exists(): pretrain(family, *PRETRAIN[family], max(a.threads, torch.get_num_threads()))
     peer = not a.no_peer
     if peer and not Path(a.peer_python).exists():
         sys.exit(f"{a.peer_python} not found: run `bash bench/make_llmcompressor_venv.sh` first, or pass --no-peer")
     torch.set_num_threads(a.threads)
-    heldout = load_data()['heldout']
-    dense = perplexity(load_model(), heldout)
-    print(f"dense held-out perplexity {dense:.3f} ({len(heldout)} windows of {SEQ} tokens); {N_CALIB} calibration "
-          f"sequences; {a.threads} thread(s)\n")
-    rows = []
+    rows,dense = [],{}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in METHODS:
-            for target in TARGETS:
-                if method.endswith('+owl') and ':' in target: continue
-                row = dict(method=method, target=target)
-                libs = [('ours', [sys.executable, __file__, '--threads', str(a.threads), '--worker', method, target])]
-                if peer: libs.append(('peer', [a.peer_python, str(HERE / 'llm_oneshot_peer.py'), '--threads', str(a.threads),
-                                               '--method', method, '--target', target]))
-                for lib,cmd in libs:
-                    out = f"{tmp}/{lib}-{method}-{target}.safetensors"
-                    r = run(cmd + ([out] if lib == 'ours' else ['--out', out]), peer=lib == 'peer')
-                    if isinstance(r, str): row['peer_crash'] = r; continue
-                    ppl,sp = pruned_ppl(out, heldout)
-                    row.update({f'{lib}_ppl': ppl, f'{lib}_x': ppl / dense, f'{lib}_s': r['seconds'],
-                                f'{lib}_mb': r['peak_mb'], f'{lib}_dmb': r['peak_mb'] - r['base_mb'], f'{lib}_sparsity': sp})
-                rows.append(row)
-                print(_line(row, peer), flush=True)
+        for family in a.models:
+            data = load_data(family)
+            dense[family] = perplexity(load_model(family), data)
+            print(f"{family}: dense held-out perplexity {dense[family]:.3f} ({len(data['heldout'])} windows of {SEQ} tokens); "
+                  f"{N_CALIB} calibration sequences; {a.threads} thread(s)", flush=True)
+            for method in a.methods:
+                for target in a.targets:
+                    if method.endswith('+owl') and ':' in target: continue
+                    row = dict(model=family, method=method, target=target)
+                    libs = [('ours', [sys.executable, __file__, '--threads', str(a.threads), '--worker', family, method, target])]
+                    if peer and method in PEER_METHODS:
+                        libs.append(('peer', [a.peer_python, str(HERE / 'llm_oneshot_peer.py'), '--threads', str(a.threads),
+                                              '--model', family, '--method', method, '--target', target]))
+                    for lib,cmd in libs:
+                        out = f"{tmp}/{lib}-{family}-{method}-{target}.safetensors"
+                        r = run(cmd + ([out] if lib == 'ours' else ['--out', out]), peer=lib == 'peer')
+                        if isinstance(r, str): row['peer_crash'] = r; continue
+                        ppl,sp = pruned_ppl(family, out, data)
+                        row.update({f'{lib}_ppl': ppl, f'{lib}_x': ppl / dense[family], f'{lib}_s': r['seconds'],
+                                    f'{lib}_mb': r['peak_mb'], f'{lib}_dmb': r['peak_mb'] - r['base_mb'], f'{lib}_sparsity': sp})
+                    rows.append(row)
+                    print(_line(row, peer), flush=True)
     print('\n' + _table(rows, peer))
-    ran = [r for r in rows if 'peer_ppl' in r]
     for r in rows:
-        if 'peer_crash' in r: print(f"llmcompressor crashed on {r['method']} {r['target']}: {r['peer_crash']}")
+        if 'peer_crash' in r: print(f"llmcompressor crashed on {r['model']} {r['method']} {r['target']}: {r['peer_crash']}")
+    ran = [r for r in rows if 'peer_ppl' in r]
     if peer and ran:
         for r in ran: r['gap'] = r['ours_ppl'] / r['peer_ppl'] - 1
         worst = max(ran, key=lambda r: abs(r['gap']))
-        print(f"\nlargest perplexity gap to llmcompressor: {worst['gap']:+.2%} ({worst['method']} {worst['target']}); "
-              f"slowest time ratio: {max(r['ours_s'] / r['peer_s'] for r in ran):.2f}")
+        print(f"\nsame method, largest perplexity gap to llmcompressor: {worst['gap']:+.2%} ({worst['model']} {worst['method']} "
+              f"{worst['target']}); slowest time ratio: {max(r['ours_s'] / r['peer_s'] for r in ran):.2f}")
+    if peer: print('\n' + _against_sparsegpt(rows, dense))
+
+def _against_sparsegpt(rows, dense) -> str:
+    "Every method of ours against llmcompressor's SparseGPT: perplexity, the share of its increase over dense cut, time"
+    ref = {(r['model'], r['target']): r for r in rows if r['method'] == 'sparsegpt' and 'peer_ppl' in r}
+    lines = ["| model | target | method | ours ppl | llmcompressor SparseGPT ppl | increase over dense cut | time / llmcompressor SparseGPT |",
+             '|---|---|---|---|---|---|---|']
+    for r in rows:
+        g = ref.get((r['model'], r['target']))
+        if g is None or r['method'].endswith('+owl'): continue
+        d = dense[r['model']]
+        cut = 1 - (r['ours_ppl'] - d) / (g['peer_ppl'] - d)
+        lines.append(f"| {r['model']} | {r['target']} | {r['method']} | {r['ours_ppl']:.3f} | {g['peer_ppl']:.3f} | {cut:+.0%} | "
+                     f"{r['ours_s'] / g['peer_s']:.2f} |")
+    return '\n'.join(lines)
 
 def _line(r, peer):
-    s = (f"{r['method']:9s} {r['target']:4s}  ours ppl {r['ours_ppl']:.3f} (×{r['ours_x']:.3f}) {r['ours_s']:.1f} s "
+    s = (f"{r['model']:5s} {r['method']:15s} {r['target']:4s}  ours ppl {r['ours_ppl']:.3f} (×{r['ours_x']:.3f}) {r['ours_s']:.1f} s "
          f"{r['ours_mb']:.0f} MiB, sparsity {r['ours_sparsity']:.4f}")
     if peer and 'peer_crash' in r: s += f"  |  llmcompressor crashed: {r['peer_crash']}"
-    elif peer: s += (f"  |  llmcompressor ppl {r['peer_ppl']:.3f} (×{r['peer_x']:.3f}) {r['peer_s']:.1f} s {r['peer_mb']:.0f} MiB, "
+    elif 'peer_ppl' in r: s += (f"  |  llmcompressor ppl {r['peer_ppl']:.3f} (×{r['peer_x']:.3f}) {r['peer_s']:.1f} s {r['peer_mb']:.0f} MiB, "
                      f"sparsity {r['peer_sparsity']:.4f}")
     return s
 
 def _table(rows, peer):
-    head = "| method | target | ours ppl (× dense) | " + ("llmcompressor ppl (× dense) | ppl ours / peer | " if peer else "") + \
+    head = "| model | method | target | ours ppl (× dense) | " + ("llmcompressor ppl (× dense) | ppl ours / peer | " if peer else "") + \
            "ours time s | " + ("peer time s | time ours / peer | " if peer else "") + "ours peak MiB (Δ) |" + (" peer peak MiB (Δ) |" if peer else "")
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for r in rows:
-        c = [r['method'], r['target'], f"{r['ours_ppl']:.3f} (×{r['ours_x']:.3f})"]
-        crashed = peer and 'peer_crash' in r
-        if crashed: c += ['crashed', '']
+        c = [r['model'], r['method'], r['target'], f"{r['ours_ppl']:.3f} (×{r['ours_x']:.3f})"]
+        crashed,missing = peer and 'peer_crash' in r,peer and 'peer_ppl' not in r and 'peer_crash' not in r
+        if crashed or missing: c += ['crashed' if crashed else '—', '']
         elif peer: c += [f"{r['peer_ppl']:.3f} (×{r['peer_x']:.3f})", f"{r['ours_ppl'] / r['peer_ppl']:.4f}"]
         c += [f"{r['ours_s']:.1f}"]
-        if crashed: c += ['', '']
+        if crashed or missing: c += ['', '']
         elif peer: c += [f"{r['peer_s']:.1f}", f"{r['ours_s'] / r['peer_s']:.2f}"]
         c += [f"{r['ours_mb']:.0f} ({r['ours_dmb']:+.0f})"]
-        if crashed: c += ['']
+        if crashed or missing: c += ['']
         elif peer: c += [f"{r['peer_mb']:.0f} ({r['peer_dmb']:+.0f})"]
         lines.append('| ' + ' | '.join(c) + ' |')
     return '\n'.join(lines)
