@@ -10,15 +10,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent / 'models'
-CACHES = {'llama': ROOT / 'llm_oneshot', 'bert': ROOT / 'mlm_oneshot'}
-IGNORE = {'llama': 'lm_head', 'bert': 're:cls\\.'}  # the output heads, left dense by both libraries
+CACHES = {'llama': ROOT / 'llm_oneshot', 'gpt2': ROOT / 'gpt2_oneshot', 'bert': ROOT / 'mlm_oneshot', 'roberta': ROOT / 'roberta_oneshot'}
+CAUSAL = ('llama', 'gpt2')
+IGNORE = {'llama': 'lm_head', 'gpt2': 'lm_head', 'bert': 're:cls\\.', 'roberta': 're:lm_head\\.'}  # the output heads, left dense by both libraries
 SEQ, N_CALIB = 128, 64
 
 def load_model(family:str='llama', path=None):
     "The pretrained model of `family` saved by the bench, in eval mode"
     import transformers
     transformers.logging.set_verbosity_error()
-    Auto = transformers.AutoModelForCausalLM if family == 'llama' else transformers.AutoModelForMaskedLM
+    Auto = transformers.AutoModelForCausalLM if family in CAUSAL else transformers.AutoModelForMaskedLM
     return Auto.from_pretrained(path or CACHES[family] / 'model', torch_dtype=torch.float32).eval()
 
 def load_data(family:str='llama') -> dict:
@@ -58,5 +59,6 @@ def timed(f):
     t = time.perf_counter(); f(); return time.perf_counter() - t
 
 def save_state(model, out):
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k,v in model.state_dict().items()}, out)
+    "The weights, as safetensors (tied ones once)"
+    from safetensors.torch import save_model
+    save_model(model, out)

@@ -17,14 +17,14 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, os.path.dirname(__file__))
 from pathlib import Path
 import torch
-from llm_common import CACHES, IGNORE, N_CALIB, head_free, SEQ, load_data, load_model, peak_rss_mb, perplexity, report, save_state, timed
+from llm_common import CACHES, CAUSAL, IGNORE, N_CALIB, head_free, SEQ, load_data, load_model, peak_rss_mb, perplexity, report, save_state, timed
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ['0.5', '0.7', '2:4']
-# +refit: the kept weights re-fitted by least squares; +owl: OWL's per-block sparsities (M 5, λ 0.08), not for N:M
-METHODS = ['sparsegpt', 'sparsegpt+refit', 'admm', 'wanda', 'wanda+refit', 'sparsegpt+owl', 'wanda+owl']
+# +refit: the kept weights re-fitted by least squares; +kfac: ADMM's error weighted by the loss's output curvature; +owl: OWL's per-block sparsities (M 5, λ 0.08), not for N:M
+METHODS = ['sparsegpt', 'sparsegpt+refit', 'admm', 'admm+kfac', 'wanda', 'wanda+refit', 'sparsegpt+owl', 'wanda+owl']
 PEER_METHODS = ['sparsegpt', 'wanda', 'sparsegpt+owl', 'wanda+owl']
-PRETRAIN = {'llama': (500, 2e-3), 'bert': (1500, 2e-3)}  # steps, peak learning rate
+PRETRAIN = {'llama': (500, 2e-3), 'gpt2': (1500, 2e-3)}  # steps, peak learning rate
 
 def _mask(x:torch.Tensor, mask_id:int, vocab:int, g:torch.Generator, train:bool=True) -> tuple:
     "BERT's masking: 15% of the tokens are targets; in training 80% of them become `mask_id`, 10% a random token"
@@ -41,6 +41,12 @@ def _config(family:str, vocab:int):
     if family == 'llama':
         return transformers.LlamaForCausalLM(transformers.LlamaConfig(
             **common, num_key_value_heads=4, attention_dropout=0.1, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0))
+    if family == 'gpt2':
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=192, n_inner=512, n_layer=4, n_head=4, vocab_size=vocab, n_positions=SEQ, bos_token_id=0, eos_token_id=0))
+    if family == 'roberta':  # pre-LN: post-LN BERT stays near the unigram perplexity on this little text
+        return transformers.RobertaPreLayerNormForMaskedLM(transformers.RobertaPreLayerNormConfig(
+            **{**common, 'max_position_embeddings': SEQ + 2}, type_vocab_size=1))
     return transformers.BertForMaskedLM(transformers.BertConfig(**common, type_vocab_size=1))
 
 def pretrain(family:str, steps:int, threads:int, lr:float):
@@ -54,7 +60,7 @@ def pretrain(family:str, steps:int, threads:int, lr:float):
     held_text = '\n\n'.join(t for i,t in enumerate(topics) if i % 10 == 0)
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator([train_text[i:i + 10000] for i in range(0, len(train_text), 10000)], vocab_size=2048,
-                            min_frequency=2, special_tokens=['<|endoftext|>'] + (['<mask>'] if family == 'bert' else []))
+                            min_frequency=2, special_tokens=['<|endoftext|>'] + (['<mask>'] if family not in CAUSAL else []))
     train = torch.tensor(tok.encode(train_text).ids)
     held = torch.tensor(tok.encode(held_text).ids)
     vocab = tok.get_vocab_size()
@@ -63,7 +69,7 @@ def pretrain(family:str, steps:int, threads:int, lr:float):
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     data = {'heldout': held[:len(held) // SEQ * SEQ].view(-1, SEQ)}
-    if family == 'bert':
+    if family not in CAUSAL:
         mask_id = tok.token_to_id('<mask>')
         data['heldout_masked'],data['heldout_labels'] = _mask(data['heldout'], mask_id, vocab, torch.Generator().manual_seed(2), False)
     g = torch.Generator().manual_seed(0)
@@ -71,7 +77,7 @@ def pretrain(family:str, steps:int, threads:int, lr:float):
     for i in range(steps):
         idx = torch.randint(0, len(train) - SEQ, (16,), generator=g)
         x = torch.stack([train[j:j + SEQ] for j in idx])
-        loss = model(input_ids=x, labels=x).loss if family == 'llama' else model(**dict(zip(('input_ids', 'labels'), _mask(x, mask_id, vocab, g)))).loss
+        loss = model(input_ids=x, labels=x).loss if family in CAUSAL else model(**dict(zip(('input_ids', 'labels'), _mask(x, mask_id, vocab, g)))).loss
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         if i % 200 == 0 or i == steps - 1:
             print(f"  step {i:5d}  train loss {loss.item():.3f}  held-out perplexity {perplexity(model.eval(), data):.1f}  "
@@ -98,7 +104,7 @@ def worker(family:str, method:str, target:str, out:str, threads:int):
     dl = [dict(input_ids=calib[i:i + 8]) for i in range(0, N_CALIB, 8)]
     nm,sparsity = (True, 0.5) if target == '2:4' else (None, float(target))
     base,_,extra = method.partition('+')
-    kw = dict(allocation='owl', owl_m=5., owl_lambda=0.08) if extra == 'owl' else dict(refit=20) if extra == 'refit' else {}
+    kw = {'owl': dict(allocation='owl', owl_m=5., owl_lambda=0.08), 'refit': dict(refit=20), 'kfac': dict(kfac=True), '': {}}[extra]
     rss = peak_rss_mb()
     secs = timed(lambda: layerwise_prune(model, dl, sparsity, base, nm=nm, n_samples=N_CALIB, ignore=IGNORE[family],
                                          progress=False, **kw))
@@ -116,10 +122,10 @@ def run(cmd:list, peer:bool=False) -> dict|str:
 
 def pruned_ppl(family:str, path:str, data:dict) -> tuple:
     "Perplexity of the saved pruned weights, and the sparsity of the Linear layers other than the head"
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model as load_weights
     model = load_model(family)
-    model.load_state_dict(load_file(path))
-    ws = [m.weight for n,m in model.named_modules() if isinstance(m, torch.nn.Linear) and head_free(n, family)]
+    load_weights(model, path)
+    ws = [m.weight for n,m in model.named_modules() if type(m).__name__ in ('Linear', 'Conv1D') and head_free(n, family)]
     return perplexity(model, data),sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
 
 def main():

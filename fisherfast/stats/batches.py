@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['hf_losses', 'map_tensors', 'first_tensor', 'Batch', 'as_batch', 'causal_lm_loss', 'model_loss', 'get_loss',
-           'token_rows']
+__all__ = ['hf_losses', 'map_tensors', 'first_tensor', 'Batch', 'as_batch', 'causal_lm_loss', 'model_loss', 'sampled_loss',
+           'get_loss', 'token_rows']
 
 # %% ../../nbs/stats/batches.ipynb #2428a97d
 def map_tensors(f, b):
@@ -97,7 +97,22 @@ def model_loss(out, batch=None) -> torch.Tensor:
                          "in the batches, or pass loss_func (a function, or one of " + ', '.join(hf_losses) + ")")
     return loss
 
-hf_losses = {'causal_lm': causal_lm_loss, 'model': model_loss}
+def _logits(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor): return out
+    logits = out.get('logits') if isinstance(out, Mapping) else getattr(out, 'logits', None)
+    if logits is None: raise ValueError(f"loss_func='sampled' needs logits, but the model returned {type(out).__name__} with none")
+    return logits
+
+def sampled_loss(out, batch=None) -> torch.Tensor:
+    "Mean cross-entropy of the logits against labels sampled from their own softmax (the true Fisher's loss), real tokens only"
+    logits = _logits(out)
+    flat = logits.flatten(0, -2)
+    y = torch.multinomial(flat.detach().float().softmax(-1), 1).squeeze(1)
+    am = batch.get('attention_mask') if isinstance(batch, Mapping) else None
+    if am is not None and am.shape == logits.shape[:-1]: y = y.masked_fill(am.flatten() == 0, -100)
+    return F.cross_entropy(flat, y, ignore_index=-100)
+
+hf_losses = {'causal_lm': causal_lm_loss, 'model': model_loss, 'sampled': sampled_loss}
 
 def get_loss(loss_func, batch:Batch):
     "The loss function for `batch`: `loss_func` itself, a name in `hf_losses`, or for a dict batch `outputs.loss`"
