@@ -1,48 +1,36 @@
 """What bench/llm_oneshot.py and its llmcompressor worker share: the cached models and data, perplexity, peak memory.
 Imports torch, transformers and safetensors only, so that it runs in either venv.
 
-Two pretrained models of different families, each cached in its own folder of models/:
-- 'llama': a Llama-style causal decoder; perplexity of the next token.
-- 'bert': a BERT-style encoder trained with a masked-LM objective; perplexity of the masked tokens (15% of the
-  held-out tokens, masked once with a fixed seed)."""
+Two pretrained causal LMs of different families, each cached in its own folder of models/: 'llama' (rotary positions,
+RMSNorm, SwiGLU, Linear layers) and 'gpt2' (learned positions, LayerNorm, GELU, transformers' Conv1D layers, tied head)."""
 import json, resource, sys, time
 from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent / 'models'
-CACHES = {'llama': ROOT / 'llm_oneshot', 'gpt2': ROOT / 'gpt2_oneshot', 'bert': ROOT / 'mlm_oneshot', 'roberta': ROOT / 'roberta_oneshot'}
-CAUSAL = ('llama', 'gpt2')
-IGNORE = {'llama': 'lm_head', 'gpt2': 'lm_head', 'bert': 're:cls\\.', 'roberta': 're:lm_head\\.'}  # the output heads, left dense by both libraries
+CACHES = {'llama': ROOT / 'llm_oneshot', 'gpt2': ROOT / 'gpt2_oneshot'}
+HEAD = 'lm_head'  # the output head, left dense by both libraries
 SEQ, N_CALIB = 128, 64
 
 def load_model(family:str='llama', path=None):
     "The pretrained model of `family` saved by the bench, in eval mode"
     import transformers
     transformers.logging.set_verbosity_error()
-    Auto = transformers.AutoModelForCausalLM if family in CAUSAL else transformers.AutoModelForMaskedLM
-    return Auto.from_pretrained(path or CACHES[family] / 'model', torch_dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(path or CACHES[family] / 'model', torch_dtype=torch.float32).eval()
 
 def load_data(family:str='llama') -> dict:
-    "`{'calib': (64, 128) token ids from the training text, 'heldout': (n, 128) windows of the held-out text, …}`"
+    "`{'calib': (64, 128) token ids from the training text, 'heldout': (n, 128) windows of the held-out text}`"
     return torch.load(CACHES[family] / 'data.pt')
 
-def head_free(name:str, family:str) -> bool:
-    "Whether the Linear `name` is pruned (not the output head)"
-    return not (name.startswith('cls.') if family == 'bert' else 'lm_head' in name)
-
 @torch.no_grad()
-def perplexity(model, data:dict, bs=16) -> float:
-    "exp of the mean cross-entropy: of the next token (causal), or of the masked tokens when `data` has 'heldout_labels'"
+def perplexity(model, windows, bs=16) -> float:
+    "exp of the mean next-token cross-entropy over every window"
     tot = n = 0.
-    for i in range(0, len(data['heldout']), bs):
-        if 'heldout_labels' in data:
-            x,y = data['heldout_masked'][i:i + bs],data['heldout_labels'][i:i + bs]
-            logits = model(input_ids=x).logits
-        else:
-            x = data['heldout'][i:i + bs]
-            logits,y = model(input_ids=x).logits[:, :-1],x[:, 1:]
-        tot += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction='sum', ignore_index=-100).item()
-        n += int((y != -100).sum())
+    for i in range(0, len(windows), bs):
+        x = windows[i:i + bs]
+        logits = model(input_ids=x).logits[:, :-1]
+        tot += torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction='sum').item()
+        n += x[:, 1:].numel()
     return float(torch.exp(torch.tensor(tot / n)))
 
 def peak_rss_mb() -> float:

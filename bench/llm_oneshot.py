@@ -1,23 +1,31 @@
-"""One-shot pruning of a pretrained causal LM: fisherfast's SparseGPT and Wanda against llmcompressor's, side by side.
+"""One-shot pruning of pretrained causal LMs: fisherfast's layer-wise methods against llmcompressor's SparseGPT and Wanda.
 
-The bench pretrains its own model once and caches it in models/llm_oneshot/: a byte-level BPE tokenizer (`tokenizers`)
-and a Llama-style decoder (`transformers`, 4 blocks, 2.6M parameters) trained for a few minutes on CPython's
-`pydoc_data.topics` text; the last 10% of the text is held out for perplexity. Calibration: 64 sequences of 128 tokens
-of the training text, the same for both libraries. The output head is left dense by both (`ignore`).
+The bench pretrains two models once and caches them in models/ (llm_common.CACHES): each with its own byte-level BPE
+tokenizer (`tokenizers`), trained on CPython's `pydoc_data.topics` text with every tenth topic held out for perplexity.
+- llama: a Llama-style decoder (4 blocks, width 192, 2.6M parameters), 500 steps (about 100 s);
+- gpt2: a GPT-2 (4 blocks, width 192, transformers' Conv1D layers, tied head), 1500 steps (about 5 minutes).
+Calibration: 64 sequences of 128 tokens of the training text, the same for both libraries. The output head is left
+dense by both (`ignore`).
 
-Each method × target runs in its own process (so that its peak memory is its own), ours in this venv and the peer in
-the llmcompressor venv (make it with `bash bench/make_llmcompressor_venv.sh`, about 3 minutes); both save the pruned
+Methods of ours: sparsegpt and wanda as published, the same with their kept weights re-fitted by least squares
+(+refit), admm (ADMM's mask search and re-fit), admm+kfac (its error weighted by the loss's output curvature), and
+OWL's per-block sparsities (+owl). The peer runs sparsegpt, wanda and their OWL variants; every method of ours is also
+compared with llmcompressor's SparseGPT at the same target (the share of its perplexity increase over dense that we cut).
+
+Each model × method × target runs in its own process (so that its peak memory is its own), ours in this venv and the peer
+in the llmcompressor venv (make it with `bash bench/make_llmcompressor_venv.sh`, about 3 minutes); both save the pruned
 weights, and this process measures every perplexity with one function.
 
-    .venv/bin/python bench/llm_oneshot.py                 # the table (about 10 minutes on 2 cores, plus training once)
+    .venv/bin/python bench/llm_oneshot.py                 # both tables (about 25 minutes on 2 cores, plus training once)
     .venv/bin/python bench/llm_oneshot.py --no-peer       # ours only
+    .venv/bin/python bench/llm_oneshot.py --models gpt2 --methods sparsegpt admm --targets 0.7
 """
 import argparse, json, math, os, subprocess, sys, tempfile, time, warnings
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, os.path.dirname(__file__))
 from pathlib import Path
 import torch
-from llm_common import CACHES, CAUSAL, IGNORE, N_CALIB, head_free, SEQ, load_data, load_model, peak_rss_mb, perplexity, report, save_state, timed
+from llm_common import CACHES, HEAD, N_CALIB, SEQ, load_data, load_model, peak_rss_mb, perplexity, report, save_state, timed
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ['0.5', '0.7', '2:4']
@@ -26,28 +34,17 @@ METHODS = ['sparsegpt', 'sparsegpt+refit', 'admm', 'admm+kfac', 'wanda', 'wanda+
 PEER_METHODS = ['sparsegpt', 'wanda', 'sparsegpt+owl', 'wanda+owl']
 PRETRAIN = {'llama': (500, 2e-3), 'gpt2': (1500, 2e-3)}  # steps, peak learning rate
 
-def _mask(x:torch.Tensor, mask_id:int, vocab:int, g:torch.Generator, train:bool=True) -> tuple:
-    "BERT's masking: 15% of the tokens are targets; in training 80% of them become `mask_id`, 10% a random token"
-    target = torch.rand(x.shape, generator=g) < 0.15
-    y = torch.where(target, x, -100)
-    r = torch.rand(x.shape, generator=g) if train else torch.zeros(x.shape)
-    x = torch.where(target & (r < 0.8), mask_id, x)
-    return torch.where(target & (r >= 0.9), torch.randint(0, vocab, x.shape, generator=g), x),y
-
-def _config(family:str, vocab:int):
+def _model(family:str, vocab:int):
+    "A fresh model of `family`: 4 blocks of width 192 and MLP width 512 either way"
     import transformers
-    common = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, vocab_size=vocab,
-                  max_position_embeddings=SEQ, pad_token_id=0)
     if family == 'llama':
         return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            **common, num_key_value_heads=4, attention_dropout=0.1, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0))
-    if family == 'gpt2':
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            n_embd=192, n_inner=512, n_layer=4, n_head=4, vocab_size=vocab, n_positions=SEQ, bos_token_id=0, eos_token_id=0))
-    if family == 'roberta':  # pre-LN: post-LN BERT stays near the unigram perplexity on this little text
-        return transformers.RobertaPreLayerNormForMaskedLM(transformers.RobertaPreLayerNormConfig(
-            **{**common, 'max_position_embeddings': SEQ + 2}, type_vocab_size=1))
-    return transformers.BertForMaskedLM(transformers.BertConfig(**common, type_vocab_size=1))
+            hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+            vocab_size=vocab, max_position_embeddings=SEQ, attention_dropout=0.1, tie_word_embeddings=False,
+            bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=192, n_inner=512, n_layer=4, n_head=4, vocab_size=vocab, n_positions=SEQ, bos_token_id=0, eos_token_id=0))
+
 
 def pretrain(family:str, steps:int, threads:int, lr:float):
     "Train the tokenizer and the model on pydoc_data.topics once; cache them with the calibration and held-out windows"
@@ -60,31 +57,27 @@ def pretrain(family:str, steps:int, threads:int, lr:float):
     held_text = '\n\n'.join(t for i,t in enumerate(topics) if i % 10 == 0)
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator([train_text[i:i + 10000] for i in range(0, len(train_text), 10000)], vocab_size=2048,
-                            min_frequency=2, special_tokens=['<|endoftext|>'] + (['<mask>'] if family not in CAUSAL else []))
+                            min_frequency=2, special_tokens=['<|endoftext|>'])
     train = torch.tensor(tok.encode(train_text).ids)
     held = torch.tensor(tok.encode(held_text).ids)
-    vocab = tok.get_vocab_size()
     torch.manual_seed(0)
-    model = _config(family, vocab)
+    model = _model(family, tok.get_vocab_size())
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
-    data = {'heldout': held[:len(held) // SEQ * SEQ].view(-1, SEQ)}
-    if family not in CAUSAL:
-        mask_id = tok.token_to_id('<mask>')
-        data['heldout_masked'],data['heldout_labels'] = _mask(data['heldout'], mask_id, vocab, torch.Generator().manual_seed(2), False)
+    heldout = held[:len(held) // SEQ * SEQ].view(-1, SEQ)
     g = torch.Generator().manual_seed(0)
     t = time.time()
     for i in range(steps):
         idx = torch.randint(0, len(train) - SEQ, (16,), generator=g)
         x = torch.stack([train[j:j + SEQ] for j in idx])
-        loss = model(input_ids=x, labels=x).loss if family in CAUSAL else model(**dict(zip(('input_ids', 'labels'), _mask(x, mask_id, vocab, g)))).loss
+        loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         if i % 200 == 0 or i == steps - 1:
-            print(f"  step {i:5d}  train loss {loss.item():.3f}  held-out perplexity {perplexity(model.eval(), data):.1f}  "
+            print(f"  step {i:5d}  train loss {loss.item():.3f}  held-out perplexity {perplexity(model.eval(), heldout):.1f}  "
                   f"{time.time() - t:.0f} s", flush=True)
             model.train()
     idx = torch.randint(0, len(train) - SEQ, (N_CALIB,), generator=torch.Generator().manual_seed(1))
-    data['calib'] = torch.stack([train[j:j + SEQ] for j in idx])
+    calib = torch.stack([train[j:j + SEQ] for j in idx])
     cache = CACHES[family]
     cache.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(cache / 'model')
@@ -92,8 +85,8 @@ def pretrain(family:str, steps:int, threads:int, lr:float):
     # llmcompressor loads a processor from the model's folder when given a dataset
     transformers.PreTrainedTokenizerFast(tokenizer_file=str(cache / 'tokenizer.json'), eos_token='<|endoftext|>',
                                          pad_token='<|endoftext|>').save_pretrained(cache / 'model')
-    torch.save(data, cache / 'data.pt')
-    print(f"pretrained {family} in {time.time() - t:.0f} s; held-out perplexity {perplexity(model.eval(), data):.2f}")
+    torch.save({'calib': calib, 'heldout': heldout}, cache / 'data.pt')
+    print(f"pretrained {family} in {time.time() - t:.0f} s; held-out perplexity {perplexity(model.eval(), heldout):.2f}")
 
 def worker(family:str, method:str, target:str, out:str, threads:int):
     "fisherfast's run: one model, method and target, in this process"
@@ -106,7 +99,7 @@ def worker(family:str, method:str, target:str, out:str, threads:int):
     base,_,extra = method.partition('+')
     kw = {'owl': dict(allocation='owl', owl_m=5., owl_lambda=0.08), 'refit': dict(refit=20), 'kfac': dict(kfac=True), '': {}}[extra]
     rss = peak_rss_mb()
-    secs = timed(lambda: layerwise_prune(model, dl, sparsity, base, nm=nm, n_samples=N_CALIB, ignore=IGNORE[family],
+    secs = timed(lambda: layerwise_prune(model, dl, sparsity, base, nm=nm, n_samples=N_CALIB, ignore=HEAD,
                                          progress=False, **kw))
     save_state(model, out)
     report(seconds=secs, peak_mb=peak_rss_mb(), base_mb=rss)
@@ -120,13 +113,13 @@ def run(cmd:list, peer:bool=False) -> dict|str:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     return json.loads(lines[-1][7:])
 
-def pruned_ppl(family:str, path:str, data:dict) -> tuple:
+def pruned_ppl(family:str, path:str, heldout) -> tuple:
     "Perplexity of the saved pruned weights, and the sparsity of the Linear layers other than the head"
     from safetensors.torch import load_model as load_weights
     model = load_model(family)
     load_weights(model, path)
-    ws = [m.weight for n,m in model.named_modules() if type(m).__name__ in ('Linear', 'Conv1D') and head_free(n, family)]
-    return perplexity(model, data),sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+    ws = [m.weight for n,m in model.named_modules() if type(m).__name__ in ('Linear', 'Conv1D') and HEAD not in n]
+    return perplexity(model, heldout),sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
 
 def main():
     p = argparse.ArgumentParser()
@@ -148,9 +141,9 @@ def main():
     rows,dense = [],{}
     with tempfile.TemporaryDirectory() as tmp:
         for family in a.models:
-            data = load_data(family)
-            dense[family] = perplexity(load_model(family), data)
-            print(f"{family}: dense held-out perplexity {dense[family]:.3f} ({len(data['heldout'])} windows of {SEQ} tokens); "
+            heldout = load_data(family)['heldout']
+            dense[family] = perplexity(load_model(family), heldout)
+            print(f"{family}: dense held-out perplexity {dense[family]:.3f} ({len(heldout)} windows of {SEQ} tokens); "
                   f"{N_CALIB} calibration sequences; {a.threads} thread(s)", flush=True)
             for method in a.methods:
                 for target in a.targets:
@@ -164,7 +157,7 @@ def main():
                         out = f"{tmp}/{lib}-{family}-{method}-{target}.safetensors"
                         r = run(cmd + ([out] if lib == 'ours' else ['--out', out]), peer=lib == 'peer')
                         if isinstance(r, str): row['peer_crash'] = r; continue
-                        ppl,sp = pruned_ppl(family, out, data)
+                        ppl,sp = pruned_ppl(family, out, heldout)
                         row.update({f'{lib}_ppl': ppl, f'{lib}_x': ppl / dense[family], f'{lib}_s': r['seconds'],
                                     f'{lib}_mb': r['peak_mb'], f'{lib}_dmb': r['peak_mb'] - r['base_mb'], f'{lib}_sparsity': sp})
                     rows.append(row)
@@ -172,26 +165,29 @@ def main():
     print('\n' + _table(rows, peer))
     for r in rows:
         if 'peer_crash' in r: print(f"llmcompressor crashed on {r['model']} {r['method']} {r['target']}: {r['peer_crash']}")
-    ran = [r for r in rows if 'peer_ppl' in r]
+    ran = [r for r in rows if 'peer_ppl' in r and abs(r['peer_sparsity'] - r['ours_sparsity']) < 0.005]
     if peer and ran:
         for r in ran: r['gap'] = r['ours_ppl'] / r['peer_ppl'] - 1
         worst = max(ran, key=lambda r: abs(r['gap']))
         print(f"\nsame method, largest perplexity gap to llmcompressor: {worst['gap']:+.2%} ({worst['model']} {worst['method']} "
               f"{worst['target']}); slowest time ratio: {max(r['ours_s'] / r['peer_s'] for r in ran):.2f}")
-    if peer: print('\n' + _against_sparsegpt(rows, dense))
+    short = [r for r in rows if 'peer_sparsity' in r and r['peer_sparsity'] < r['ours_sparsity'] - 0.005]
+    for r in short: print(f"llmcompressor pruned {r['peer_sparsity']:.2%} on {r['model']} {r['method']} {r['target']}, not the target")
+    print('\n' + _against_sparsegpt(rows, dense))
 
 def _against_sparsegpt(rows, dense) -> str:
-    "Every method of ours against llmcompressor's SparseGPT: perplexity, the share of its increase over dense cut, time"
-    ref = {(r['model'], r['target']): r for r in rows if r['method'] == 'sparsegpt' and 'peer_ppl' in r}
-    lines = ["| model | target | method | ours ppl | llmcompressor SparseGPT ppl | increase over dense cut | time / llmcompressor SparseGPT |",
+    "Every method of ours against SparseGPT at the same target: perplexity, the share of its increase over dense cut, time"
+    lines = ["| model | target | method | ours ppl | SparseGPT ppl | increase over dense cut | time / SparseGPT's |",
              '|---|---|---|---|---|---|---|']
     for r in rows:
-        g = ref.get((r['model'], r['target']))
+        g = next((q for q in rows if q['method'] == 'sparsegpt' and (q['model'], q['target']) == (r['model'], r['target'])), None)
         if g is None or r['method'].endswith('+owl'): continue
+        # llmcompressor's SparseGPT is the reference, unless it did not prune to the target (GPT-2's Conv1D): then ours
+        peer = 'peer_ppl' in g and abs(g['peer_sparsity'] - g['ours_sparsity']) < 0.005
+        ppl,secs = (g['peer_ppl'], g['peer_s']) if peer else (g['ours_ppl'], g['ours_s'])
         d = dense[r['model']]
-        cut = 1 - (r['ours_ppl'] - d) / (g['peer_ppl'] - d)
-        lines.append(f"| {r['model']} | {r['target']} | {r['method']} | {r['ours_ppl']:.3f} | {g['peer_ppl']:.3f} | {cut:+.0%} | "
-                     f"{r['ours_s'] / g['peer_s']:.2f} |")
+        lines.append(f"| {r['model']} | {r['target']} | {r['method']} | {r['ours_ppl']:.3f} | {ppl:.3f} "
+                     f"({'llmcompressor' if peer else 'ours'}) | {1 - (r['ours_ppl'] - d) / (ppl - d):+.0%} | {r['ours_s'] / secs:.2f} |")
     return '\n'.join(lines)
 
 def _line(r, peer):
