@@ -16,6 +16,7 @@ from .criteria.fisher import *
 from .criteria.obs import *
 from .criteria.history import *
 from .sparse.sparsifier import *
+from .sparse.reconstruct import *
 from .sparse.layerwise import *
 from .sparse.export import *
 from .sparse.sensitivity import *

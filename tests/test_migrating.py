@@ -64,9 +64,9 @@ def test_llmcompressor_style_dataloader_of_dicts():
         am = torch.stack([(torch.arange(T) < len(r['input_ids'])).long() for r in rs])
         return dict(input_ids=ids, attention_mask=am)
     dl = DataLoader(rows, batch_size=8, collate_fn=collator)
-    for prune in (sparsegpt_prune, wanda_prune):
+    for prune,kw in ((sparsegpt_prune, {}), (wanda_prune, {}), (admm_prune, dict(kfac=True))):
         m = copy.deepcopy(model)
-        sp = prune(m, dl, nm=True, n_samples=16, ignore='re:.*lm_head', progress=False)
+        sp = prune(m, dl, nm=True, n_samples=16, ignore='re:.*lm_head', progress=False, **kw)
         assert 'lm_head' not in sp.pruned and len(sp.pruned) == 2 * 7
         assert abs(float(sp.sparsity_report().sparsity.iloc[-1]) - 0.5) < 1e-9
 

@@ -67,8 +67,10 @@ def test_each_block_sees_the_pruned_blocks_before_it(name):
     assert len(groups) >= 3  # one per block at least
 
 
+admm_kfac = functools.partial(admm_prune, kfac=True)  # labels sampled from the model: BERT needs none either
+
 @pytest.mark.parametrize('name', list(MODELS))
-@pytest.mark.parametrize('method', [sparsegpt_prune, wanda_prune])
+@pytest.mark.parametrize('method', [sparsegpt_prune, wanda_prune, admm_prune, admm_kfac], ids=['sparsegpt', 'wanda', 'admm', 'admm_kfac'])
 def test_exact_sparsity_and_unchanged_at_zero(name, method):
     dl = batches()
     model = build(name)
@@ -80,9 +82,10 @@ def test_exact_sparsity_and_unchanged_at_zero(name, method):
 
 
 @pytest.mark.parametrize('name', ['llama', 'gpt2'])
-def test_nm_on_transformers(name):
+@pytest.mark.parametrize('method', [sparsegpt_prune, admm_kfac], ids=['sparsegpt', 'admm_kfac'])
+def test_nm_on_transformers(name, method):
     model = build(name)
-    sp = sparsegpt_prune(model, batches(), nm=True, n_samples=12, progress=False)
+    sp = method(model, batches(), nm=True, n_samples=12, progress=False)
     for n,k in sp.masks.items():
         w = sp.pruned[n].orient(k)
         assert bool((w.reshape(w.shape[0], -1, 4).sum(-1) == 2).all()), n
@@ -149,8 +152,12 @@ def test_calibrate_unpadded_dicts_use_vmap_and_named_losses():
     st2 = calibrate(model, [dict(b, labels=b['input_ids']) for b in batches(n=1, pad=False)], None, n_samples=4,
                     kinds=('fisher_diag',), progress=False)
     for n,t in st['fisher_diag'].items(): torch.testing.assert_close(t, st2['fisher_diag'][n], rtol=1e-4, atol=1e-8)
-    with pytest.raises(ValueError, match="put 'labels' in the batches"):
-        calibrate(model, batches(n=1), None, kinds=('fisher_diag',), progress=False)
+    # no labels: the Fisher of the model's own predictions, labels drawn per sample (through vmap without padding)
+    torch.manual_seed(0); st3 = calibrate(model, batches(n=1, pad=False), None, n_samples=4, kinds=('fisher_diag',), progress=False)
+    torch.manual_seed(0); st4 = calibrate(model, batches(n=1, pad=False), 'sampled', n_samples=4, kinds=('fisher_diag',), progress=False)
+    for n,t in st3['fisher_diag'].items():
+        torch.testing.assert_close(t, st4['fisher_diag'][n])
+        assert float(t.sum()) > 0 and not torch.allclose(t, st['fisher_diag'][n]), n
     with pytest.raises(ValueError, match="loss_func='mlm' is not a known loss"):
         calibrate(model, batches(n=1), 'mlm', kinds=('fisher_diag',), progress=False)
 
@@ -214,6 +221,34 @@ def test_two_processes_gloo_identical_weights(tmp_path):
     for n,t in ref.state_dict().items():
         assert torch.equal(r0[n], r1[n]), n
         torch.testing.assert_close(r0[n], t, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def _kfac_worker(rank, world, out):
+    model = build('gpt2')
+    admm_prune(model, batches(n=4)[rank::world], 0.6, n_samples=8, kfac=True, loss_func='causal_lm', progress=False)
+    torch.save(model.state_dict(), f'{out}/{rank}.pt')
+
+def test_kfac_two_processes_gloo_identical_weights(tmp_path):
+    "The output curvature G is all-reduced like XᵀX: both ranks prune as one process given all the data would"
+    spawn(_kfac_worker, tmp_path)
+    r0,r1 = (torch.load(tmp_path/f'{r}.pt') for r in (0, 1))
+    ref = build('gpt2')
+    admm_prune(ref, batches(n=4), 0.6, n_samples=16, kfac=True, loss_func='causal_lm', progress=False)
+    for n,t in ref.state_dict().items():
+        assert torch.equal(r0[n], r1[n]), n
+        torch.testing.assert_close(r0[n], t, rtol=1e-3, atol=1e-4, msg=n)
+
+
+def test_kfac_curvature_of_gpt2_conv1d_outputs():
+    "output_fisher on transformers' Conv1D: one row and column per output feature, the weights' own gradients untouched"
+    model = build('gpt2')
+    layers = untied_layers(model, prunable_layers(model))
+    G = output_fisher(model, calibration_batches(batches(), 12, 'cpu'), layers, 'causal_lm')
+    for n,m in layers.items():
+        assert G[n].shape == (m.weight.shape[1],) * 2, n  # Conv1D stores (in, out)
+        torch.testing.assert_close(G[n], G[n].T)
+        assert m.weight.grad is None
+    assert float(torch.linalg.eigvalsh(G['transformer.h.0.mlp.c_fc']).min()) > -1e-3
 
 
 def test_woodfisher_on_block_rows_equals_all_at_once():

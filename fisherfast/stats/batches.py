@@ -115,11 +115,11 @@ def sampled_loss(out, batch=None) -> torch.Tensor:
 hf_losses = {'causal_lm': causal_lm_loss, 'model': model_loss, 'sampled': sampled_loss}
 
 def get_loss(loss_func, batch:Batch):
-    "The loss function for `batch`: `loss_func` itself, a name in `hf_losses`, or for a dict batch `outputs.loss`"
+    "The loss function for `batch`: `loss_func` itself, a name in `hf_losses`; for a dict batch `outputs.loss`, or 'sampled' without labels"
     if isinstance(loss_func, str):
         if loss_func not in hf_losses: raise ValueError(f"loss_func={loss_func!r} is not a known loss; valid: {', '.join(hf_losses)}")
         return hf_losses[loss_func]
-    if loss_func is None and batch.is_dict: return model_loss
+    if loss_func is None and batch.is_dict: return model_loss if 'labels' in batch.kwargs else sampled_loss
     return loss_func
 
 # %% ../../nbs/stats/batches.ipynb #3939d6bd

@@ -88,7 +88,7 @@ class _Grads:
         if not self.per_sample:
             return {k: v.flatten().unsqueeze(0) for k,v in grad(self._loss_of(b, False))(self.weights, b.args, tkw, y).items()}
         if self.use_vmap:
-            try: return {k: v.flatten(1) for k,v in vmap(grad(self._loss_of(b, True)), in_dims=(None, 0, 0, None if y is None else 0))(self.weights, b.args, tkw, y).items()}
+            try: return {k: v.flatten(1) for k,v in vmap(grad(self._loss_of(b, True)), in_dims=(None, 0, 0, None if y is None else 0), randomness='different')(self.weights, b.args, tkw, y).items()}
             except Exception as e:
                 if not _vmap_failed(e): raise
                 self.use_vmap = False
