@@ -29,8 +29,11 @@ from llm_common import CACHES, HEAD, N_CALIB, SEQ, load_data, load_model, peak_r
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ['0.5', '0.7', '2:4']
-# +refit: the kept weights re-fitted by least squares; +kfac: ADMM's error weighted by the loss's output curvature; +owl: OWL's per-block sparsities (M 5, λ 0.08), not for N:M
-METHODS = ['sparsegpt', 'sparsegpt+refit', 'admm', 'admm+kfac', 'wanda', 'wanda+refit', 'sparsegpt+owl', 'wanda+owl']
+# +refit: the kept weights re-fitted by least squares; +kfac: ADMM's error weighted by the loss's output curvature;
+# +loss: per-layer sparsities from the loss increase (allocation='loss'); +owl: OWL's per-block sparsities (M 5, λ 0.08), not for N:M
+METHODS = ['sparsegpt', 'sparsegpt+refit', 'admm', 'admm+kfac', 'admm+loss', 'admm+kfac+loss', 'wanda', 'wanda+refit',
+           'sparsegpt+owl', 'wanda+owl']
+UNIFORM_ONLY = ('+owl', '+loss')  # per-layer allocations, not for N:M
 PEER_METHODS = ['sparsegpt', 'wanda', 'sparsegpt+owl', 'wanda+owl']
 PRETRAIN = {'llama': (500, 2e-3), 'gpt2': (1500, 2e-3)}  # steps, peak learning rate
 
@@ -96,8 +99,10 @@ def worker(family:str, method:str, target:str, out:str, threads:int):
     model,calib = load_model(family),load_data(family)['calib']
     dl = [dict(input_ids=calib[i:i + 8]) for i in range(0, N_CALIB, 8)]
     nm,sparsity = (True, 0.5) if target == '2:4' else (None, float(target))
-    base,_,extra = method.partition('+')
-    kw = {'owl': dict(allocation='owl', owl_m=5., owl_lambda=0.08), 'refit': dict(refit=20), 'kfac': dict(kfac=True), '': {}}[extra]
+    base,*extras = method.split('+')
+    options = {'owl': dict(allocation='owl', owl_m=5., owl_lambda=0.08), 'refit': dict(refit=20), 'kfac': dict(kfac=True),
+               'loss': dict(allocation='loss')}
+    kw = {k: v for e in extras for k,v in options[e].items()}
     rss = peak_rss_mb()
     secs = timed(lambda: layerwise_prune(model, dl, sparsity, base, nm=nm, n_samples=N_CALIB, ignore=HEAD,
                                          progress=False, **kw))
@@ -147,7 +152,7 @@ def main():
                   f"{N_CALIB} calibration sequences; {a.threads} thread(s)", flush=True)
             for method in a.methods:
                 for target in a.targets:
-                    if method.endswith('+owl') and ':' in target: continue
+                    if method.endswith(UNIFORM_ONLY) and ':' in target: continue
                     row = dict(model=family, method=method, target=target)
                     libs = [('ours', [sys.executable, __file__, '--threads', str(a.threads), '--worker', family, method, target])]
                     if peer and method in PEER_METHODS:

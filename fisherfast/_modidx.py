@@ -446,6 +446,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                          'fisherfast/sparse/layerwise.py'),
                                              'fisherfast.sparse.layerwise.layerwise_prune': ( 'sparse/layerwise.html#layerwise_prune',
                                                                                               'fisherfast/sparse/layerwise.py'),
+                                             'fisherfast.sparse.layerwise.loss_targets': ( 'sparse/layerwise.html#loss_targets',
+                                                                                           'fisherfast/sparse/layerwise.py'),
                                              'fisherfast.sparse.layerwise.output_fisher': ( 'sparse/layerwise.html#output_fisher',
                                                                                             'fisherfast/sparse/layerwise.py'),
                                              'fisherfast.sparse.layerwise.owl_targets': ( 'sparse/layerwise.html#owl_targets',

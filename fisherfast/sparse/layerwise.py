@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from ..core.args import as_fraction, positive, positive_int
+from ..core.masks import kth_smallest
 from ..core.layers import PrunedLayer, layer_groups, oriented_weight
 from ..criteria.base import get_criteria
 from ..criteria.obs import hinv_cholesky, sparsegpt, sparsegpt_hessian, sparsegpt_sweep
@@ -19,8 +20,8 @@ from ..stats.sequential import calibration_batches, sequential_calibrate
 from .sparsifier import Sparsifier
 
 # %% auto #0
-__all__ = ['sparsegpt_layer', 'admm_layer', 'refit_layer', 'output_fisher', 'layerwise_prune', 'owl_targets', 'sparsegpt_prune',
-           'admm_prune', 'wanda_prune']
+__all__ = ['sparsegpt_layer', 'admm_layer', 'refit_layer', 'output_fisher', 'layerwise_prune', 'owl_targets', 'loss_targets',
+           'sparsegpt_prune', 'admm_prune', 'wanda_prune']
 
 # %% ../../nbs/sparse/layerwise.ipynb #608ce5ba
 def _input_order(w:torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ def _check_input_criteria(crit):
 def layerwise_prune(model:nn.Module,
                     dl,                      # calibration batches: tuples `(x…, y)` (y unused) or Hugging Face dicts
                     sparsity=0.5,            # fraction of every layer's weights pruned, or `{layer: fraction}` (ignored with `nm`)
-                    criteria='sparsegpt',    # 'sparsegpt' (the sweep), 'admm', or a criterion reading input statistics ('wanda', …)
+                    criteria='admm',         # 'admm', 'sparsegpt' (the sweep), or a criterion reading input statistics ('wanda', …)
                     nm=None,                 # True for 2:4, or (n, m): keep n of every m inputs
                     n_samples:int=128,       # calibration samples (sequences for a language model)
                     sequential:bool=True,    # each block from the inputs of the pruned blocks before it
@@ -129,14 +130,17 @@ def layerwise_prune(model:nn.Module,
                     seed:int|None=0,         # with `kfac`: the seed of sampled labels (None: the global generator)
                     cache_bytes:int|None=2**30, # cached block inputs above this are kept on the CPU
                     progress:bool=True,
-                    allocation:str='uniform', # 'uniform': `sparsity` in every layer; 'owl': per block, by its outliers, `sparsity` on average
+                    allocation:str='uniform', # 'uniform': `sparsity` in every layer; 'loss': per layer, by the loss increase; 'owl': per block, by its outliers
                     owl_m:float=5.,          # OWL: a score above `owl_m` times its block's mean is an outlier
-                    owl_lambda:float=0.08) -> Sparsifier: # OWL: block sparsities span `sparsity` ± `owl_lambda`
-    "Prune every layer of `model` to `sparsity` from its inputs, block by block, by SparseGPT, ADMM or an input-statistics criterion"
+                    owl_lambda:float=0.08,   # OWL: block sparsities span `sparsity` ± `owl_lambda`
+                    loss_span:float=0.1) -> Sparsifier: # allocation='loss': every layer within `sparsity` ± `loss_span`
+    "Prune every layer of `model` to `sparsity` from its inputs, block by block, by ADMM, SparseGPT or an input-statistics criterion"
     if not isinstance(sparsity, dict): sparsity = as_fraction(sparsity)
     positive_int(block_size, 'block_size'); positive(percdamp, 'percdamp'); positive(owl_m, 'owl_m'); positive(owl_lambda, 'owl_lambda')
     positive_int(admm_iters, 'admm_iters'); positive(admm_rho, 'admm_rho'); positive(kfac_damp, 'kfac_damp')
-    if allocation not in ('uniform', 'owl'): raise ValueError(f"allocation={allocation!r} is not known; valid: 'uniform', 'owl'")
+    if allocation not in ('uniform', 'loss', 'owl'):
+        raise ValueError(f"allocation={allocation!r} is not known; valid: 'uniform', 'loss', 'owl'")
+    positive(loss_span, 'loss_span')
     admm = isinstance(criteria, str) and criteria == 'admm'
     gpt = isinstance(criteria, str) and criteria == 'sparsegpt'
     if refit is None: refit = 20 if admm else 0
@@ -148,17 +152,20 @@ def layerwise_prune(model:nn.Module,
     # the layers are checked before any pass; the criterion gets its statistics group by group
     sp = Sparsifier(model, 'weight', 'local', 'magnitude', nm=nm, layer_type=layer_type, nm_skip=nm_skip, ignore=ignore)
     sp.criteria = crit
-    if sp.nm and block_size % sp.nm[1]:
+    if gpt and sp.nm and block_size % sp.nm[1]:
         raise ValueError(f"block_size={block_size} must be a multiple of m={sp.nm[1]} for nm={sp.nm}")
-    if allocation == 'owl' and (sp.nm or isinstance(sparsity, dict)):
-        raise ValueError(f"allocation='owl' sets every block's sparsity itself: it needs one sparsity, not "
+    if allocation != 'uniform' and (sp.nm or isinstance(sparsity, dict)):
+        raise ValueError(f"allocation={allocation!r} sets every layer's sparsity itself: it needs one sparsity, not "
                          f"{'nm=' + str(sp.nm) if sp.nm else 'a dict'}")
     targets = sp.check_targets(1 - sp.nm[0] / sp.nm[1] if sp.nm else sparsity)
     kinds = ('xtx',) if gpt or admm else tuple(dict.fromkeys(crit.needs + (('xtx',) if refit else ())))
     batches = calibration_batches(dl, n_samples, next(model.parameters()).device, 'layerwise_prune')
+    pruned = {n: sp.pruned[n].module for n in sp.pruned}
+    G = output_fisher(model, batches, pruned, loss_func, seed) if kfac or allocation == 'loss' else {}
     if allocation == 'owl': targets = owl_targets(model, batches, sp.layers, targets, owl_m, owl_lambda, blocks)
+    if allocation == 'loss': targets = loss_targets(model, batches, pruned, targets, loss_span, G)
+    if not kfac: G = {}
     target_of = lambda n: targets.get(n, 0.) if isinstance(targets, dict) else targets
-    G = output_fisher(model, batches, {n: sp.pruned[n].module for n in sp.pruned}, loss_func, seed) if kfac else {}
 
     def prune(stats, names):
         names = [n for n in names if target_of(n) > 0]  # a layer at 0 stays as it is
@@ -198,6 +205,32 @@ def owl_targets(model:nn.Module, batches:list, layers:dict, sparsity:float, m:fl
     dens = (r - r.min()) / span * 2 * lam if span > 0 else torch.zeros_like(r)
     dens = dens - dens.mean() + (1 - sparsity)
     return {n: float(min(max(1 - d, 0.), 1.)) for g,d in zip(groups, dens.tolist()) for n in g}
+
+# %% ../../nbs/sparse/layerwise.ipynb #78aca00d
+def loss_targets(model:nn.Module, batches:list, layers:dict, sparsity:float, span:float=0.1, G:dict|None=None,
+                 loss_func='sampled', seed:int|None=0) -> dict:
+    "`{layer name: sparsity}` from one threshold on every weight's loss increase ½w²·Gᵢᵢ·E[xⱼ²], each within `sparsity` ± `span`"
+    if G is None: G = output_fisher(model, batches, layers, loss_func, seed)
+    st,n_in = {},{}
+    def keep(stats, names): st.update(stats['act_norm']); n_in.update(stats.n_inputs)
+    sequential_calibrate(model, batches, layers, ('act_norm',), keep, sequential=False, progress=False)
+    def saliency(n, m):
+        w = oriented_weight(m).detach().flatten(1).float()
+        g = G[n].diagonal().to(w.device) if n in G else w.new_zeros(len(w))  # no gradient: the loss does not see it
+        return w.square() * g[:, None] * (st[n].float().to(w.device).square() / max(n_in[n], 1))
+    sal = {n: saliency(n, m) for n,m in layers.items()}
+    sizes = {n: s.numel() for n,s in sal.items()}
+    total = sum(sizes.values())
+    v,_ = kth_smallest(list(sal.values()), max(1, round(sparsity * total)))
+    lo,hi = max(sparsity - span, 0.),min(sparsity + span, 1.)
+    raw = {n: float((s <= v).float().mean()) for n,s in sal.items()}
+    clip = lambda shift: {n: min(max(r + shift, lo), hi) for n,r in raw.items()}
+    a,b = -1.,1.  # the shift that makes the clipped fractions average `sparsity` over the weights, by bisection
+    for _ in range(60):
+        mid = (a + b) / 2
+        if sum(t * sizes[n] for n,t in clip(mid).items()) < sparsity * total: a = mid
+        else: b = mid
+    return clip((a + b) / 2)
 
 # %% ../../nbs/sparse/layerwise.ipynb #180fbdc6
 def sparsegpt_prune(model:nn.Module, dl, sparsity:float=0.5, nm=None, n_samples:int=128, **kwargs) -> Sparsifier:
