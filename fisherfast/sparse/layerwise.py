@@ -160,10 +160,10 @@ def layerwise_prune(model:nn.Module,
     targets = sp.check_targets(1 - sp.nm[0] / sp.nm[1] if sp.nm else sparsity)
     kinds = ('xtx',) if gpt or admm else tuple(dict.fromkeys(crit.needs + (('xtx',) if refit else ())))
     batches = calibration_batches(dl, n_samples, next(model.parameters()).device, 'layerwise_prune')
-    pruned = {n: sp.pruned[n].module for n in sp.pruned}
-    G = output_fisher(model, batches, pruned, loss_func, seed) if kfac or allocation == 'loss' else {}
+    modules = {n: sp.pruned[n].module for n in sp.pruned}
+    G = output_fisher(model, batches, modules, loss_func, seed) if kfac or allocation == 'loss' else {}
     if allocation == 'owl': targets = owl_targets(model, batches, sp.layers, targets, owl_m, owl_lambda, blocks)
-    if allocation == 'loss': targets = loss_targets(model, batches, pruned, targets, loss_span, G)
+    if allocation == 'loss': targets = loss_targets(model, batches, modules, targets, loss_span, G)
     if not kfac: G = {}
     target_of = lambda n: targets.get(n, 0.) if isinstance(targets, dict) else targets
 
@@ -182,7 +182,7 @@ def layerwise_prune(model:nn.Module,
             keep,pruned = sp.plan({n: target_of(n) for n in names})
             sp.commit(keep, pruned=pruned)
         for n,W0 in dense.items():
-            refit_layer(sp.pruned[n], W0, stats["xtx"][n], stats.n_inputs[n], sp.pruned[n].keep, percdamp, refit)
+            refit_layer(sp.pruned[n], W0, stats['xtx'][n], stats.n_inputs[n], sp.pruned[n].keep, percdamp, refit)
 
     if kinds: sequential_calibrate(model, batches, sp.layers, kinds, prune, sequential, blocks, cache_bytes, progress)
     else: prune(None, list(sp.pruned))  # a criterion without statistics needs no pass
