@@ -393,6 +393,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                             'fisherfast/sparse/callback.py'),
                                             'fisherfast.sparse.callback.SparsifyCallback.masks_at': ( 'sparse/callback.html#sparsifycallback.masks_at',
                                                                                                       'fisherfast/sparse/callback.py'),
+                                            'fisherfast.sparse.callback.SparsifyCallback.plot': ( 'sparse/callback.html#sparsifycallback.plot',
+                                                                                                  'fisherfast/sparse/callback.py'),
                                             'fisherfast.sparse.callback.SparsifyCallback.plot_pruning': ( 'sparse/callback.html#sparsifycallback.plot_pruning',
                                                                                                           'fisherfast/sparse/callback.py'),
                                             'fisherfast.sparse.callback.SparsifyCallback.pruning_df': ( 'sparse/callback.html#sparsifycallback.pruning_df',

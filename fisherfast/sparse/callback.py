@@ -281,6 +281,24 @@ def plot_pruning(self:SparsifyCallback, ax=None):
     ax.legend(fontsize='small', ncols=2)
     return ax
 
+@patch
+def plot(self:SparsifyCallback, ax=None, layers:bool=True):
+    "The target (the schedule) and the sparsity reached, overall and per layer, against training progress; returns the Axes"
+    import matplotlib.pyplot as plt
+    if self.sparsifier is None or not hasattr(self, '_sched'):
+        raise ValueError("cb.plot() shows the pruning of a fit: call it after learn.fit(..., cbs=cb)")
+    if ax is None: _,ax = plt.subplots(figsize=(7, 4))
+    ax.plot(_grid, [100 * self._total_target(self._target(p)) for p in _grid], 'k--', lw=1, label='target (schedule)')
+    pct = [0.] + [h['pct'] for h in self.history] + [1.]
+    reached = lambda key: [0.] + [100 * h[key] for h in self.history] + [100 * self.history[-1][key] if self.history else 0.]
+    ax.step(pct, reached('sparsity'), where='post', color='k', lw=2, label='reached, all layers')
+    if layers:
+        for n in self.sparsifier.pruned: ax.step(pct, reached(n), where='post', lw=1, alpha=0.8, label=n)
+    ax.set(xlabel='training progress', ylabel='sparsity (%)', xlim=(0, 1), ylim=(0, 100),
+           title=f"{self.sparsifier.criteria.name}, {self._sched.name}: {self.current_sparsity():.1%} of the prunable weights")
+    ax.legend(fontsize='small', ncols=2)
+    return ax
+
 # %% ../../nbs/sparse/callback.ipynb #493064f7
 _key = '_sparsify.'
 
