@@ -271,3 +271,40 @@ def test_add_cb_then_load_restores_masks(tmp_path):
     learn2.load('ck')
     with learn2.no_bar(), learn2.no_logging(): learn2.fit(1, 0.)
     for n,k in cb.sparsifier.masks.items(): assert torch.equal(cb2.sparsifier.masks[n], k), n
+
+
+# --- lr_find and learn.export, with the callback attached to the Learner -------------------------------
+
+def test_lr_find_leaves_the_model_dense_then_fit_prunes():
+    "lr_find is not training: nothing is pruned during it, and its restored weights are the dense ones"
+    from fastai.callback.schedule import lr_find  # noqa: F401 (patches Learner.lr_find)
+    cb = SparsifyCallback(0.7, criteria=obd_like)
+    learn = learner(cbs=cb)
+    before = {k: v.clone() for k,v in learn.model.state_dict().items()}
+    with learn.no_bar(), learn.no_logging(): learn.lr_find(show_plot=False)
+    after = learn.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    fit(learn, 2, 1e-2)
+    total = sum(m.weight.numel() for m in cb.sparsifier.layers.values())
+    assert sum(n_zeros(cb.sparsifier).values()) == round(0.7 * total)
+
+
+def test_export_and_load_learner_keep_the_sparse_model(tmp_path):
+    "learn.export pickles the Learner with the callback; load_learner gives the same sparse model and predictions"
+    from fastai.data.core import Datasets
+    from fastai.data.transforms import ItemGetter
+    from fastai.learner import Learner, load_learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastcore.foundation import L
+    x,y,xv,yv = digits_tensors(0)
+    n = len(x)
+    dsets = Datasets(L(zip(torch.cat([x, xv]), torch.cat([y, yv]))), tfms=[[ItemGetter(0)], [ItemGetter(1)]],
+                     splits=[list(range(n)), list(range(n, n + len(xv)))])
+    cb = SparsifyCallback(0.7, criteria=obd_like)
+    learn = Learner(dsets.dataloaders(bs=64), digits_mlp(seed=0), loss_func=CrossEntropyLossFlat(), cbs=cb)
+    fit(learn, 2, 1e-2, method='fit')
+    learn.export(tmp_path / 'learner.pkl')
+    loaded = load_learner(tmp_path / 'learner.pkl')
+    zeros = lambda m: {n: int((l.weight == 0).sum()) for n,l in m.named_modules() if isinstance(l, nn.Linear)}
+    assert zeros(loaded.model) == zeros(learn.model) and sum(zeros(loaded.model).values()) > 0
+    with torch.no_grad(): torch.testing.assert_close(loaded.model.eval()(xv[:16]), learn.model.eval()(xv[:16]))
