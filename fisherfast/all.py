@@ -18,6 +18,7 @@ from .criteria.history import *
 from .sparse.sparsifier import *
 from .sparse.reconstruct import *
 from .sparse.layerwise import *
+from .sparse.structured import *
 from .sparse.export import *
 from .sparse.sensitivity import *
 from .sparse.callback import *
