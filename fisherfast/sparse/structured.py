@@ -50,7 +50,7 @@ class Pruner:
                  criteria:str='l2',        # 'l1', 'l2' or 'obd' (needs `stats` with 'fisher_diag')
                  target=0.5,               # fraction of each group's channels, or {'params': f} / {'macs': f} removed
                  stats=None,               # `calibrate(...)` statistics, for 'obd'
-                 ignore=None,              # modules left whole; default the last Linear
+                 ignore=None,              # modules of `model` left whole; default the last Linear
                  round_to:int|None=None):  # kept channel counts a multiple of this
         if criteria not in ('l1', 'l2', 'obd'):
             raise ValueError(f"criteria={criteria!r} is not known; valid: 'l1', 'l2', 'obd'")
@@ -60,6 +60,8 @@ class Pruner:
         self.model,self.example_inputs,self.criteria,self.stats,self.round_to = model,example_inputs,criteria,stats,round_to
         self.ignore = _classifier(model) if ignore is None else list(ignore)
         self.names = {m: n for n,m in model.named_modules()}
+        strays = [type(m).__name__ for m in self.ignore if m not in self.names]
+        if strays: raise ValueError(f"ignore= holds modules that are not in the model: {', '.join(strays)}; pass modules of `model`")
         self.before = self._count(model)
 
     @staticmethod
