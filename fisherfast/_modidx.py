@@ -440,6 +440,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'fisherfast/sparse/export.py')},
             'fisherfast.sparse.layerwise': { 'fisherfast.sparse.layerwise._check_input_criteria': ( 'sparse/layerwise.html#_check_input_criteria',
                                                                                                     'fisherfast/sparse/layerwise.py'),
+                                             'fisherfast.sparse.layerwise._in_input_order': ( 'sparse/layerwise.html#_in_input_order',
+                                                                                              'fisherfast/sparse/layerwise.py'),
                                              'fisherfast.sparse.layerwise._input_order': ( 'sparse/layerwise.html#_input_order',
                                                                                            'fisherfast/sparse/layerwise.py'),
                                              'fisherfast.sparse.layerwise.admm_layer': ( 'sparse/layerwise.html#admm_layer',

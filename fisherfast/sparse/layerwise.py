@@ -29,33 +29,31 @@ def _input_order(w:torch.Tensor) -> torch.Tensor:
     d = w[0].numel()
     return torch.arange(d, device=w.device).view(w.shape[1], -1).T.flatten()
 
-def sparsegpt_layer(layer:PrunedLayer, xtx, n:int, sparsity:float, nm, block_size:int, percdamp:float) -> torch.Tensor:
-    "Prune `layer` in place by SparseGPT with a lazily chosen mask; returns the mask as `(out, in, *kernel)`"
+def _in_input_order(layer:PrunedLayer, xtx, n:int, percdamp:float, f) -> torch.Tensor:
+    "`f(W, H) -> (W, keep)` on the layer's weights and dampened H, a conv's input channels last; sets the weights, returns the mask"
     w = layer.weight
-    p = _input_order(w)
-    U = hinv_cholesky(sparsegpt_hessian(xtx.to(w.device, torch.float32)[p][:, p], n, percdamp))
-    W = w.detach().flatten(1).float()[:, p]
-    keep = sparsegpt_sweep(W, U, sparsity=sparsity, nm=nm, block_size=block_size)
-    W.masked_fill_(~keep, 0)
+    p = _input_order(w)  # N:M groups along a conv's input channels
+    W,keep = f(w.detach().flatten(1).float()[:, p], sparsegpt_hessian(xtx.to(w.device, torch.float32)[p][:, p], n, percdamp))
     out,kout = torch.empty_like(W),torch.empty_like(keep)
     out[:, p],kout[:, p] = W,keep
     layer.set_weight(out)
     return kout.view_as(w)
 
+def sparsegpt_layer(layer:PrunedLayer, xtx, n:int, sparsity:float, nm, block_size:int, percdamp:float) -> torch.Tensor:
+    "Prune `layer` in place by SparseGPT with a lazily chosen mask; returns the mask as `(out, in, *kernel)`"
+    def sweep(W, H):
+        keep = sparsegpt_sweep(W, hinv_cholesky(H), sparsity=sparsity, nm=nm, block_size=block_size)
+        return W.masked_fill_(~keep, 0),keep
+    return _in_input_order(layer, xtx, n, percdamp, sweep)
+
 def admm_layer(layer:PrunedLayer, xtx, n:int, sparsity:float, nm, percdamp:float, iters:int=20, rho:float=0.1,
                refit:int=20, G:torch.Tensor|None=None, kfac_damp:float=1.) -> torch.Tensor:
     "Prune `layer` in place by `admm_prune_weight` on its dampened H = 2XᵀX/n (and G); returns the mask as `(out, in, *kernel)`"
-    w = layer.weight
-    p = _input_order(w)  # N:M groups along a conv's input channels
-    H = sparsegpt_hessian(xtx.to(w.device, torch.float32)[p][:, p], n, percdamp)
     if G is not None:  # shrunk toward the identity: G/mean(diag G) + kfac_damp·I
-        G = G.to(w.device, torch.float32) / G.diagonal().mean().clamp_min(torch.finfo(torch.float32).tiny)
+        G = G.to(layer.weight.device, torch.float32) / G.diagonal().mean().clamp_min(torch.finfo(torch.float32).tiny)
         G.diagonal().add_(kfac_damp)
-    W,keep = admm_prune_weight(w.detach().flatten(1).float()[:, p], H, sparsity, nm, iters, rho, refit_iters=refit, G=G)
-    out,kout = torch.empty_like(W),torch.empty_like(keep)
-    out[:, p],kout[:, p] = W,keep
-    layer.set_weight(out)
-    return kout.view_as(w)
+    return _in_input_order(layer, xtx, n, percdamp,
+                           lambda W, H: admm_prune_weight(W, H, sparsity, nm, iters, rho, refit_iters=refit, G=G))
 
 def refit_layer(layer:PrunedLayer, W0:torch.Tensor, xtx, n:int, keep:torch.Tensor, percdamp:float, iters:int):
     "Re-fit the weights of `layer` kept by `keep` by least squares, to give the outputs of its dense weights `W0`"

@@ -75,11 +75,11 @@ class Pruner:
         if f >= 1: raise ValueError(f"target={target!r} would remove every channel: it must be below 1")
         return f
 
-    def _score(self, m:nn.Module):
+    def _score(self, m:nn.Module, names:dict):
         w = oriented_weight(m).detach()
         if self.criteria == 'l1': return w.abs()
         if self.criteria == 'l2': return w.square()
-        F = self.stats['fisher_diag'].get(self.names.get(m))
+        F = self.stats['fisher_diag'].get(names.get(m))
         return None if F is None else 0.5 * F.view_as(w).to(w.device) * w.square()
 
     def _count(self, model) -> tuple:
@@ -87,11 +87,10 @@ class Pruner:
         return int(macs),int(params)
 
     def _pruned(self, model:nn.Module, ratio:float) -> nn.Module:
-        names = {m: n for n,m in self.model.named_modules()}
-        by_name = dict(model.named_modules())
-        ignored = [by_name[names[m]] for m in self.ignore]
-        self.names = {m: n for n,m in model.named_modules()}
-        tp.pruner.MetaPruner(model, self.example_inputs, importance=GroupScore(self._score), pruning_ratio=ratio,
+        by_name = dict(model.named_modules())  # `model` is `self.model` or a copy of it: the same names
+        ignored = [by_name[self.names[m]] for m in self.ignore]
+        names = {m: n for n,m in by_name.items()}
+        tp.pruner.MetaPruner(model, self.example_inputs, importance=GroupScore(lambda m: self._score(m, names)), pruning_ratio=ratio,
                              ignored_layers=ignored, round_to=self.round_to).step()
         return model
 
