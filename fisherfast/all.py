@@ -19,6 +19,7 @@ from .sparse.sparsifier import *
 from .sparse.reconstruct import *
 from .sparse.layerwise import *
 from .sparse.structured import *
+from .sparse.heads import *
 from .sparse.export import *
 from .sparse.sensitivity import *
 from .sparse.callback import *

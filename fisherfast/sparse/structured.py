@@ -9,11 +9,13 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from ..core.args import as_fraction
-from ..core.layers import oriented_weight
+from ..core.args import as_fraction, positive, positive_int
+from ..core.layers import is_transposed, oriented_weight
+from ..stats.batches import Batch, as_batch
+from ..stats.kinds import input_rows
 
 # %% auto #0
-__all__ = ['GroupScore', 'Pruner']
+__all__ = ['GroupScore', 'prune_tracked', 'refit', 'Pruner']
 
 # %% ../../nbs/sparse/structured.ipynb #e8c4989e
 _out = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
@@ -38,6 +40,77 @@ class GroupScore(tp.importance.Importance):
         return total
 
 # %% ../../nbs/sparse/structured.ipynb #88aaf3d1
+def _drop(kept:dict, m:nn.Module, n:int, idxs):
+    "Remove the positions `idxs` (of the layer as it is now) from the original channel indices `m` keeps"
+    k = kept[m] if m in kept else torch.arange(n)
+    keep = torch.ones(len(k), dtype=torch.bool)
+    keep[list(idxs)] = False
+    kept[m] = k[keep]
+
+def prune_tracked(pruner:tp.pruner.MetaPruner) -> tuple[dict, dict]:
+    "Prune every group of `pruner`; returns `{module: kept input channels}`, `{module: kept output channels}` as original indices"
+    kin,kout,dg = {},{},pruner.DG
+    for group in pruner.step(interactive=True):
+        for dep,idxs in group:
+            m,fn = dep.target.module,dep.handler
+            out = dg.is_out_channel_pruning_fn(fn)
+            if not isinstance(m, nn.Module) or not (out or dg.is_in_channel_pruning_fn(fn)): continue  # a bare nn.Parameter
+            n = dg.get_out_channels(m) if out else dg.get_in_channels(m)
+            if n is not None: _drop(kout if out else kin, m, n, idxs)  # None: an op without channels of its own
+        group.prune()
+    return kin,kout
+
+# %% ../../nbs/sparse/structured.ipynb #68b7c565
+class _Reached(Exception): pass
+
+def _input_of(model:nn.Module, m:nn.Module, b:Batch) -> torch.Tensor:
+    "The input of `m` when `model` runs batch `b`; the forward stops there"
+    def stop(mod, args): raise _Reached(args[0])
+    h = m.register_forward_pre_hook(stop)
+    try: b(model)
+    except _Reached as e: return e.args[0]
+    finally: h.remove()
+    raise RuntimeError(f"the forward of {type(model).__name__} never calls {type(m).__name__}: it cannot be re-fitted")
+
+def _call_order(model:nn.Module, mods:list, b:Batch) -> list:
+    "`mods` in the order the forward of `model` calls them"
+    seen = []
+    hs = [m.register_forward_pre_hook(lambda mod, a: None if mod in seen else seen.append(mod)) for m in mods]
+    try: b(model)
+    finally:
+        for h in hs: h.remove()
+    return seen
+
+def _refittable(m:nn.Module) -> bool:
+    return isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and not is_transposed(m) and getattr(m, 'groups', 1) == 1
+
+@torch.no_grad()
+def _refit_layer(m:nn.Module, md:nn.Module, rows:torch.Tensor, model:nn.Module, dense:nn.Module, batches:list, damp:float):
+    "Least-squares weights (and bias) of `m` on its pruned inputs that best give the outputs `rows` of its dense twin `md`"
+    H = C = None
+    for b in batches:
+        xp,xd = input_rows(m, _input_of(model, m, b)),input_rows(md, _input_of(dense, md, b))
+        if m.bias is not None: xp,xd = (torch.cat([x, x.new_ones(len(x), 1)], 1) for x in (xp, xd))
+        H = xp.T @ xp if H is None else H.addmm_(xp.T, xp)
+        C = xp.T @ xd if C is None else C.addmm_(xp.T, xd)
+    Wd = md.weight.flatten(1)[rows].to(C.dtype)
+    if m.bias is not None: Wd = torch.cat([Wd, md.bias[rows, None].to(C.dtype)], 1)
+    H.diagonal().add_(damp * H.diagonal().mean() + 1e-8)
+    W = torch.linalg.solve(H, C @ Wd.T).T
+    if m.bias is not None: m.bias.copy_(W[:, -1]); W = W[:, :-1]
+    m.weight.copy_(W.view_as(m.weight))
+
+def refit(model:nn.Module, dense:nn.Module, kept_in:dict, kept_out:dict, batches, damp:float=0.01) -> nn.Module:
+    "Re-fit every layer of `model` that lost inputs (`kept_in`) to reproduce its outputs in `dense`, in forward order"
+    batches = [b if isinstance(b, Batch) else as_batch(b, 'refit') for b in batches]
+    if not batches: raise ValueError("refit needs at least one calibration batch")
+    twin,names = dict(dense.named_modules()),{m: n for n,m in model.named_modules()}
+    for m in _call_order(model, [m for m in kept_in if _refittable(m)], batches[0]):
+        md = twin[names[m]]
+        _refit_layer(m, md, kept_out.get(m, torch.arange(md.weight.shape[0])), model, dense, batches, damp)
+    return model
+
+# %% ../../nbs/sparse/structured.ipynb #7675ccb2
 def _classifier(model):
     "The last Linear of `model`, the classifier, left whole by default"
     lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -51,7 +124,10 @@ class Pruner:
                  target=0.5,               # fraction of each group's channels, or {'params': f} / {'macs': f} removed
                  stats=None,               # `calibrate(...)` statistics, for 'obd'
                  ignore=None,              # modules of `model` left whole; default the last Linear
-                 round_to:int|None=None):  # kept channel counts a multiple of this
+                 round_to:int|None=None,   # kept channel counts a multiple of this
+                 calib=None,               # batches `(x, y)` or dicts of model inputs: with them, what remains is re-fitted
+                 n_samples:int=1024,       # calibration samples taken from `calib`
+                 damp:float=0.01):         # the re-fit's ridge, a fraction of the mean input energy
         if criteria not in ('l1', 'l2', 'obd'):
             raise ValueError(f"criteria={criteria!r} is not known; valid: 'l1', 'l2', 'obd'")
         if criteria == 'obd' and (stats is None or 'fisher_diag' not in stats):
@@ -62,6 +138,10 @@ class Pruner:
         self.names = {m: n for n,m in model.named_modules()}
         strays = [type(m).__name__ for m in self.ignore if m not in self.names]
         if strays: raise ValueError(f"ignore= holds modules that are not in the model: {', '.join(strays)}; pass modules of `model`")
+        positive_int(n_samples, 'n_samples'); positive(damp, 'damp')
+        if calib is not None and not hasattr(calib, '__iter__'):
+            raise TypeError(f"calib={calib!r} must give batches (x, y) or dicts of model inputs: a DataLoader or a list of them")
+        self.calib,self.n_samples,self.damp = calib,n_samples,damp
         self.before = self._count(model)
 
     @staticmethod
@@ -86,25 +166,48 @@ class Pruner:
         macs,params = tp.utils.count_ops_and_params(model, self.example_inputs)
         return int(macs),int(params)
 
-    def _pruned(self, model:nn.Module, ratio:float) -> nn.Module:
-        by_name = dict(model.named_modules())  # `model` is `self.model` or a copy of it: the same names
+    def _pruned(self, model:nn.Module, ratio:float) -> tuple[dict, dict]:
+        "Prune `model` (`self.model` or a copy: the same names) at channel fraction `ratio`; the channels each layer keeps"
+        by_name = dict(model.named_modules())
         ignored = [by_name[self.names[m]] for m in self.ignore]
         names = {m: n for n,m in by_name.items()}
-        tp.pruner.MetaPruner(model, self.example_inputs, importance=GroupScore(lambda m: self._score(m, names)), pruning_ratio=ratio,
-                             ignored_layers=ignored, round_to=self.round_to).step()
-        return model
+        return prune_tracked(tp.pruner.MetaPruner(model, self.example_inputs, importance=GroupScore(lambda m: self._score(m, names)),
+                                                  pruning_ratio=ratio, ignored_layers=ignored, round_to=self.round_to))
 
-    def prune(self) -> nn.Module:
-        "The model with the channels removed (the one given, changed in place)"
-        if not isinstance(self.target, dict): return self._pruned(self.model, self.target)
+    def _ratio(self) -> float:
+        "The channel fraction that meets the target"
+        if not isinstance(self.target, dict): return self.target
         (kind,f), = self.target.items()
         i = 0 if kind == 'macs' else 1
         lo,hi = 0.,0.99  # the channel fraction that removes `f` of the parameters or MACs, by bisection on copies
         for _ in range(12):
             mid = (lo + hi) / 2
-            removed = 1 - self._count(self._pruned(copy.deepcopy(self.model), mid))[i] / self.before[i]
+            pruned = copy.deepcopy(self.model)
+            self._pruned(pruned, mid)
+            removed = 1 - self._count(pruned)[i] / self.before[i]
             lo,hi = (mid, hi) if removed < f else (lo, mid)
-        return self._pruned(self.model, hi)
+        return hi
+
+    def _batches(self) -> list:
+        "The first `n_samples` samples of `calib`, as batches on the model's device"
+        dev,out,n = next(self.model.parameters()).device,[],0
+        for b in self.calib:
+            b = as_batch(b, 'Pruner').to(dev)
+            out.append(b if n + len(b) <= self.n_samples else b.take(slice(0, self.n_samples - n)))
+            n += len(out[-1])
+            if n >= self.n_samples: break
+        if not out: raise ValueError("calib= gave no batch: pass a DataLoader or a list of batches (x, y)")
+        return out
+
+    def prune(self) -> nn.Module:
+        "The model with the channels removed (the one given, changed in place), re-fitted on `calib` when given"
+        ratio = self._ratio()
+        if self.calib is None:
+            self._pruned(self.model, ratio)
+            return self.model
+        batches,dense = self._batches(),copy.deepcopy(self.model)
+        kin,kout = self._pruned(self.model, ratio)
+        with torch.no_grad(): return refit(self.model, dense, kin, kout, batches, self.damp)
 
     def report(self) -> pd.DataFrame:
         "Parameters and multiply-adds before and after, and their ratio"
