@@ -64,7 +64,7 @@ def batches(x, y, n, bs=128): return [(x[i:i + bs], y[i:i + bs]) for i in range(
 
 def ratio_for(model, example, macs_removed) -> float:
     "The channel fraction of every group that removes `macs_removed` of the multiply-adds (fisherfast's bisection)"
-    return Pruner(copy.deepcopy(model), example, 'l2', {'macs': macs_removed})._ratio()
+    return Pruner(copy.deepcopy(model), example, 'l2', {'macs': macs_removed}).ratio()
 
 
 def tp_prune(model, example, ratio, imp, calib=None):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['conv1d_to_linear', 'SplitMultiheadAttention', 'split_mha', 'attention_heads', 'ffn_layers', 'ignored_layers',
-           'traceable', 'update_heads', 'prune_heads']
+           'traceable', 'update_heads', 'output_tensors', 'prune_heads']
 
 # %% ../../nbs/sparse/heads.ipynb #247a4c80
 def _hf_conv1d(m): return type(m).__name__ == 'Conv1D' and type(m).__module__.startswith('transformers')
@@ -213,7 +213,7 @@ def update_heads(model:nn.Module, num_heads:dict|None=None) -> nn.Module:
     return model
 
 # %% ../../nbs/sparse/heads.ipynb #d292c4e8
-def _tensors(out):
+def output_tensors(out):
     "The tensors of a model's output, for torch-pruning's tracing (a Hugging Face output also holds its cache)"
     if isinstance(out, dict): return [v for v in out.values() if torch.is_tensor(v)]
     return out
@@ -228,6 +228,6 @@ def prune_heads(model:nn.Module, example_inputs, head_ratio:float=0.5, ffn_ratio
         pruner = tp.pruner.MetaPruner(model, example_inputs, importance=importance or tp.importance.MagnitudeImportance(p=2),
                                       num_heads=heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=head_ratio,
                                       pruning_ratio=ffn_ratio, ignored_layers=ignored_layers(model, heads),
-                                      output_transform=kwargs.pop('output_transform', _tensors), **kwargs)
+                                      output_transform=kwargs.pop('output_transform', output_tensors), **kwargs)
     pruner.step()
     return update_heads(model, pruner.num_heads)

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from ..core.args import as_fraction, positive, positive_int
 from ..core.layers import is_transposed, oriented_weight
+from .heads import attention_heads, ignored_layers, output_tensors, traceable, update_heads
 from ..stats.batches import Batch, as_batch
 from ..stats.kinds import input_rows
 
@@ -127,7 +128,8 @@ class Pruner:
                  round_to:int|None=None,   # kept channel counts a multiple of this
                  calib=None,               # batches `(x, y)` or dicts of model inputs: with them, what remains is re-fitted
                  n_samples:int=1024,       # calibration samples taken from `calib`
-                 damp:float=0.01):         # the re-fit's ridge, a fraction of the mean input energy
+                 damp:float=0.01,          # the re-fit's ridge, a fraction of the mean input energy
+                 heads:bool=False):        # a transformer: remove attention heads and FFN neurons, keep the hidden width
         if criteria not in ('l1', 'l2', 'obd'):
             raise ValueError(f"criteria={criteria!r} is not known; valid: 'l1', 'l2', 'obd'")
         if criteria == 'obd' and (stats is None or 'fisher_diag' not in stats):
@@ -141,8 +143,9 @@ class Pruner:
         positive_int(n_samples, 'n_samples'); positive(damp, 'damp')
         if calib is not None and not hasattr(calib, '__iter__'):
             raise TypeError(f"calib={calib!r} must give batches (x, y) or dicts of model inputs: a DataLoader or a list of them")
-        self.calib,self.n_samples,self.damp = calib,n_samples,damp
-        self.before = self._count(model)
+        self.calib,self.n_samples,self.damp,self.heads = calib,n_samples,damp,heads
+        if heads: attention_heads(model)  # a model without attention fails here, untouched
+        self.before = self.count(model)
 
     @staticmethod
     def _check_target(target):
@@ -162,29 +165,45 @@ class Pruner:
         F = self.stats['fisher_diag'].get(names.get(m))
         return None if F is None else 0.5 * F.view_as(w).to(w.device) * w.square()
 
-    def _count(self, model) -> tuple:
-        macs,params = tp.utils.count_ops_and_params(model, self.example_inputs)
+    def count(self, model:nn.Module|None=None) -> tuple:
+        "Multiply-adds and parameters of `model` (default: the model being pruned) on `example_inputs`"
+        model = self.model if model is None else model
+        with traceable(model): macs,params = tp.utils.count_ops_and_params(model, self.example_inputs)
         return int(macs),int(params)
 
-    def _pruned(self, model:nn.Module, ratio:float) -> tuple[dict, dict]:
-        "Prune `model` (`self.model` or a copy: the same names) at channel fraction `ratio`; the channels each layer keeps"
+    def engine(self, model:nn.Module, ratio:float, steps:list|None=None, importance=None) -> tp.pruner.MetaPruner:
+        "torch-pruning's pruner removing `ratio` of every group of `model` (this model or a copy), in `steps` fractions of it"
         by_name = dict(model.named_modules())
         ignored = [by_name[self.names[m]] for m in self.ignore]
         names = {m: n for n,m in by_name.items()}
-        return prune_tracked(tp.pruner.MetaPruner(model, self.example_inputs, importance=GroupScore(lambda m: self._score(m, names)),
-                                                  pruning_ratio=ratio, ignored_layers=ignored, round_to=self.round_to))
+        importance = importance or GroupScore(lambda m: self._score(m, names))
+        kw = dict(importance=importance, pruning_ratio=ratio, round_to=self.round_to)
+        if steps is not None:  # torch-pruning's schedule: the ratio reached after each step, from 0
+            kw.update(iterative_steps=len(steps), iterative_pruning_ratio_scheduler=lambda r, n: [0.] + [r * f for f in steps])
+        if not self.heads: return tp.pruner.MetaPruner(model, self.example_inputs, ignored_layers=ignored, **kw)
+        hs = attention_heads(model)
+        with traceable(model):
+            return tp.pruner.MetaPruner(model, self.example_inputs, ignored_layers=ignored + ignored_layers(model, hs), num_heads=hs,
+                                        prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
+                                        output_transform=output_tensors, **kw)
 
-    def _ratio(self) -> float:
-        "The channel fraction that meets the target"
+    def step(self, engine:tp.pruner.MetaPruner) -> tuple[dict, dict]:
+        "One step of `engine`: the channels every layer kept, as indices of the layer before it"
+        kept = prune_tracked(engine)
+        if self.heads: update_heads(engine.model, engine.num_heads)
+        return kept
+
+    def ratio(self) -> float:
+        "The fraction of every group's channels that meets the target"
         if not isinstance(self.target, dict): return self.target
         (kind,f), = self.target.items()
         i = 0 if kind == 'macs' else 1
         lo,hi = 0.,0.99  # the channel fraction that removes `f` of the parameters or MACs, by bisection on copies
         for _ in range(12):
             mid = (lo + hi) / 2
-            pruned = copy.deepcopy(self.model)
-            self._pruned(pruned, mid)
-            removed = 1 - self._count(pruned)[i] / self.before[i]
+            pruned = copy.deepcopy(self.model)  # every group loses the same share whatever the ranking: rank by size here
+            self.step(self.engine(pruned, mid, importance=tp.importance.MagnitudeImportance(p=2)))
+            removed = 1 - self.count(pruned)[i] / self.before[i]
             lo,hi = (mid, hi) if removed < f else (lo, mid)
         return hi
 
@@ -201,16 +220,14 @@ class Pruner:
 
     def prune(self) -> nn.Module:
         "The model with the channels removed (the one given, changed in place), re-fitted on `calib` when given"
-        ratio = self._ratio()
-        if self.calib is None:
-            self._pruned(self.model, ratio)
-            return self.model
-        batches,dense = self._batches(),copy.deepcopy(self.model)
-        kin,kout = self._pruned(self.model, ratio)
-        with torch.no_grad(): return refit(self.model, dense, kin, kout, batches, self.damp)
+        ratio = self.ratio()
+        batches,dense = (None,None) if self.calib is None else (self._batches(),copy.deepcopy(self.model))
+        self.kept_in,self.kept_out = self.step(self.engine(self.model, ratio))  # the channels every layer kept, as its original indices
+        if self.calib is None: return self.model
+        with torch.no_grad(): return refit(self.model, dense, self.kept_in, self.kept_out, batches, self.damp)
 
     def report(self) -> pd.DataFrame:
         "Parameters and multiply-adds before and after, and their ratio"
-        after = self._count(self.model)
+        after = self.count()
         return pd.DataFrame({'before': self.before, 'after': after, 'ratio': [a / b for a,b in zip(after, self.before)]},
                             index=['macs', 'params'])
