@@ -4,19 +4,23 @@ torchvision's resnet18 adapted to 28×28 grey images (a 3×3 stride-2 stem on on
 four stages run at 14, 7, 4 and 2 pixels), trained once on a seeded subset of the training set with Adam and a
 one-cycle schedule and cached under `models/structured/`. Every method then removes channels from the same trained
 model, in torch-pruning's coupled groups (residual streams, BatchNorms), with the classifier's outputs kept and the
-same fraction of every group's channels (so every method reaches the same multiply-adds: 2× and 3× fewer):
+same fraction of every group's channels, rounded to multiples of `--round-to` (8) channels (so every method reaches
+the same multiply-adds: 2× and 3× fewer):
 
 - torch-pruning 1.6 `MetaPruner` with `MagnitudeImportance(p=2)` (group L2) and with `TaylorImportance` (|w·g|
   from the gradients of `--calib` training images);
 - fasterai 0.4.1 `Pruner(model, ratio, 'local', large_final)` (its magnitude criterion, through torch-pruning);
-- fisherfast `Pruner` with 'l2' and 'obd' (½·F·w² over the group, F from `calibrate`), each re-fitting every
-  layer that lost inputs on the same `--calib` training images (`calib=`); and 'l2' without the re-fit.
+- fisherfast `Pruner` with 'l2' and 'obd' (½·F·w² over the group, F from `calibrate` with mini-batch gradients of
+  16 images), each re-fitting every
+  layer that lost inputs on the same `--calib` training images (`calib=`); and 'l2' without the re-fit;
+- fisherfast `PruneCallback({'macs': f})` with 'l2' and 'obd', which removes the channels during the fine-tune
+  (its default schedule: agp over 20–80% of it, 8 steps) instead of before it: no one-shot accuracy.
 
 Accuracy on the 10k test images one-shot (no fine-tuning), then after the same fine-tune for every method
-(`--ft-epochs` of one-cycle Adam at `--ft-lr` on the training subset); parameters and MACs (torch-pruning's count);
-CPU latency of the pruned model at batch 1 and 64 with one thread (median of repeated runs, eval mode, inference
-mode), as a speed-up over the dense model measured in the same run. Every pruned model is also saved with
-`torch.save`, loaded back in a fresh process-free way (`torch.load(weights_only=False)`) and exported with
+(`--ft-epochs` of fastai's `fit_one_cycle` at `--ft-lr` on the training subset); parameters and MACs
+(torch-pruning's count); CPU latency of the pruned model at batch 1 and 64 with one thread (median of `--reps` runs,
+eval mode, inference mode), as a speed-up over the dense model measured in the same run. Every pruned model is also
+saved whole with `torch.save`, loaded back (`torch.load(weights_only=False)`, outputs compared) and exported with
 `torch.export.export`; the table says whether both worked.
 
     .venv/bin/python bench/structured.py                 # about 25 minutes on 2 threads (training the cache: ~8 of them)
@@ -28,9 +32,15 @@ warnings.filterwarnings('ignore')
 import torch, torch.nn as nn, torch.nn.functional as F
 import torch_pruning as tp
 from torchvision.models import resnet18
+from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
 from fisherfast.data import fashion_mnist_tensors, tensor_accuracy, train_tensors
+from fisherfast.sparse.prune_callback import PruneCallback
 from fisherfast.sparse.structured import Pruner
 from fisherfast.stats.calibrate import calibrate
+from gradual import TensorDL
 
 CACHE = Path(__file__).resolve().parent.parent / 'models' / 'structured'
 
@@ -62,38 +72,48 @@ def trained(data, a) -> nn.Module:
 def batches(x, y, n, bs=128): return [(x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)]
 
 
-def ratio_for(model, example, macs_removed) -> float:
+def ratio_for(model, example, macs_removed, round_to) -> float:
     "The channel fraction of every group that removes `macs_removed` of the multiply-adds (fisherfast's bisection)"
-    return Pruner(copy.deepcopy(model), example, 'l2', {'macs': macs_removed}).ratio()
+    return Pruner(copy.deepcopy(model), example, 'l2', {'macs': macs_removed}, round_to=round_to).ratio()
 
 
-def tp_prune(model, example, ratio, imp, calib=None):
+def tp_prune(model, example, ratio, round_to, imp, calib=None):
     if calib is not None:  # TaylorImportance reads the accumulated gradients
         model.zero_grad()
         for xb, yb in calib: F.cross_entropy(model(xb), yb).backward()
-    tp.pruner.MetaPruner(model, example, importance=imp, pruning_ratio=ratio, ignored_layers=[model.fc]).step()
+    tp.pruner.MetaPruner(model, example, importance=imp, pruning_ratio=ratio, ignored_layers=[model.fc], round_to=round_to).step()
     model.zero_grad()
     return model
 
 
-def fasterai_prune(model, example, ratio):
+def fasterai_prune(model, example, ratio, round_to):
     from fasterai.prune.pruner import Pruner as FaPruner
     from fasterai.core.criteria import large_final
     with contextlib.redirect_stdout(io.StringIO()):  # fasterai prints what it ignores
-        FaPruner(model, ratio, 'local', large_final, ignored_layers=[model.fc], example_inputs=example).prune_model()
+        FaPruner(model, ratio, 'local', large_final, ignored_layers=[model.fc], example_inputs=example, round_to=round_to).prune_model()
     return model
 
 
-def methods(ratio, calib, stats, example):
-    ours = lambda crit, cal: lambda m: Pruner(m, example, crit, ratio, stats=stats, calib=cal).prune()
+def methods(ratio, round_to, calib, stats, example):
+    ours = lambda crit, cal: lambda m: Pruner(m, example, crit, ratio, stats=stats, calib=cal, round_to=round_to).prune()
     return {
-        'torch-pruning magnitude (L2)': lambda m: tp_prune(m, example, ratio, tp.importance.MagnitudeImportance(p=2)),
-        'torch-pruning taylor': lambda m: tp_prune(m, example, ratio, tp.importance.TaylorImportance(), calib),
-        'fasterai 0.4.1 large_final': lambda m: fasterai_prune(m, example, ratio),
+        'torch-pruning magnitude (L2)': lambda m: tp_prune(m, example, ratio, round_to, tp.importance.MagnitudeImportance(p=2)),
+        'torch-pruning taylor': lambda m: tp_prune(m, example, ratio, round_to, tp.importance.TaylorImportance(), calib),
+        'fasterai 0.4.1 large_final': lambda m: fasterai_prune(m, example, ratio, round_to),
         'fisherfast l2, no re-fit': ours('l2', None),
         'fisherfast l2 + re-fit': ours('l2', calib),
         'fisherfast obd + re-fit': ours('obd', calib),
     }
+
+
+def fine_tune(model, data, a, seed, cbs=None):
+    "The same fine-tune for every method: fastai's fit_one_cycle on the training subset"
+    x, y, xv, yv = data
+    torch.manual_seed(seed)
+    dls = DataLoaders(TensorDL(x, y, bs=128, shuffle=True, drop_last=True), TensorDL(xv, yv, bs=1000))
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(a.ft_epochs, a.ft_lr, cbs=cbs)
+    return learn.model.eval()
 
 
 @torch.inference_mode()
@@ -128,6 +148,7 @@ def main():
     p.add_argument('--ft-epochs', type=int, default=1)
     p.add_argument('--ft-lr', type=float, default=1e-3)
     p.add_argument('--macs', type=float, nargs='+', default=[0.5, 2 / 3], help='fractions of the MACs removed (0.5: 2× fewer)')
+    p.add_argument('--round-to', type=int, default=8, help='kept channel counts a multiple of this, for every method')
     p.add_argument('--threads', type=int, default=2, help='torch threads for training and pruning (latency: always 1)')
     p.add_argument('--reps', type=int, default=20, help='timed runs per latency')
     a = p.parse_args()
@@ -147,23 +168,31 @@ def main():
           f"latency {lat0[1]:.2f} ms (batch 1), {lat0[64]:.1f} ms (batch 64), 1 thread\n")
     rows = []
     for f in a.macs:
-        ratio = ratio_for(dense, example, f)
+        ratio = ratio_for(dense, example, f, a.round_to)
         for seed in a.seeds:
             gs = torch.Generator().manual_seed(1000 + seed)
             ci = torch.randperm(len(x), generator=gs)[:a.calib]
             calib = batches(x[ci], y[ci], a.calib)
-            stats = calibrate(dense, calib, F.cross_entropy, n_samples=a.calib, kinds=('fisher_diag',), progress=False)
-            for name, fn in methods(ratio, calib, stats, example).items():
+            # the Fisher from mini-batch gradients of 16 images: per-sample ones of a resnet18 cost minutes on a CPU
+            stats = calibrate(dense, batches(x[ci], y[ci], a.calib, bs=16), F.cross_entropy, n_samples=a.calib,
+                              kinds=('fisher_diag',), per_sample=False, progress=False)
+            gradual = {f'fisherfast PruneCallback {c} (during the fine-tune)': c for c in ('l2', 'obd')}
+            for name, fn in {**methods(ratio, a.round_to, calib, stats, example), **gradual}.items():
                 m = copy.deepcopy(dense)
-                t = time.perf_counter(); m = fn(m); prune_s = time.perf_counter() - t
-                m.eval()
-                one = 100 * tensor_accuracy(m, xv, yv)
+                if name in gradual:  # no one-shot model: the channels go during the fine-tune, on its default schedule
+                    t = time.perf_counter()
+                    m = fine_tune(m, (x, y, xv, yv), a, seed, PruneCallback({'macs': f}, fn, round_to=a.round_to))
+                    prune_s, one = time.perf_counter() - t, float('nan')
+                else:
+                    t = time.perf_counter(); m = fn(m); prune_s = time.perf_counter() - t
+                    m.eval()
+                    one = 100 * tensor_accuracy(m, xv, yv)
                 macs, params = tp.utils.count_ops_and_params(m, example)
                 torch.set_num_threads(1)
                 lat = {bs: latency_ms(m, xv[:bs], a.reps) for bs in (1, 64)}
                 torch.set_num_threads(a.threads)
                 port = portable(m, xv[:2])
-                train_tensors(m, x, y, a.ft_epochs, bs=128, lr=a.ft_lr, seed=seed)
+                if name not in gradual: m = fine_tune(m, (x, y, xv, yv), a, seed)
                 ft = 100 * tensor_accuracy(m, xv, yv)
                 rows.append(dict(macs_removed=f, seed=seed, method=name, one_shot=one, fine_tuned=ft, macs=macs / macs0,
                                  params=params / params0, speedup_b1=lat0[1] / lat[1], speedup_b64=lat0[64] / lat[64],
@@ -184,7 +213,7 @@ def main():
     for f in a.macs:
         t = tab.loc[f]
         peers = t[~t.index.str.startswith('fisherfast')]
-        best = t.loc[['fisherfast l2 + re-fit', 'fisherfast obd + re-fit']]
+        best = t[t.index.str.startswith('fisherfast') & ~t.index.str.contains('no re-fit')]
         print(f"\n{1 / (1 - f):.0f}x fewer MACs: best fisherfast − best peer: one-shot {best.one_shot.max() - peers.one_shot.max():+.2f} "
               f"(goal ≥ +5), fine-tuned {best.fine_tuned.max() - peers.fine_tuned.max():+.2f} (goal ≥ +1); "
               f"speed-up at batch 64 {t.speedup_b64.min():.2f}–{t.speedup_b64.max():.2f}x, batch 1 {t.speedup_b1.min():.2f}–{t.speedup_b1.max():.2f}x "

@@ -26,8 +26,8 @@ warm-up ones, eval and inference mode, as a speed-up over the dense model measur
 model is saved whole with `torch.save`, loaded back (`torch.load(weights_only=False)`) and compared output for output,
 then exported with `torch.export.export` (with `use_cache=False`: a DynamicCache output does not export), strict and not.
 
-    .venv/bin/python bench/structured_lm.py                 # about 10 minutes on one thread
-    .venv/bin/python bench/structured_lm.py --seeds 0 1 2   # three fine-tune orders, about 25 minutes
+    .venv/bin/python bench/structured_lm.py                 # about 5 minutes on one thread
+    .venv/bin/python bench/structured_lm.py --seeds 0 1 2   # three fine-tune orders, about 14 minutes
 """
 import argparse, contextlib, copy, io, os, signal, statistics, sys, time, traceback, warnings
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -36,7 +36,7 @@ warnings.filterwarnings('ignore')
 import torch
 import torch_pruning as tp
 from llm_common import CACHES, SEQ, load_data, load_model, perplexity
-from fisherfast.sparse.heads import prune_heads, traceable
+from fisherfast.sparse.heads import output_tensors, prune_heads, traceable
 from fisherfast.sparse.structured import Pruner
 from fisherfast.stats.calibrate import calibrate
 
@@ -75,7 +75,6 @@ def taylor(model, example, f, calib):
 def fasterai_prune(model, example, f):
     from fasterai.prune.pruner import Pruner as FaPruner
     from fasterai.core.criteria import large_final
-    from fisherfast.sparse.heads import output_tensors
     with quiet():
         FaPruner(model, f, 'local', large_final, ignored_layers=[model.lm_head], example_inputs=example['input_ids'],
                  output_transform=output_tensors).prune_model()
@@ -87,11 +86,13 @@ def ours(model, example, f, crit, calib):
     with quiet(): return Pruner(model, example, crit, f, stats=stats, calib=calib, heads=True).prune()
 
 
+def magnitude(model, example, f):
+    with quiet(): return prune_heads(model, example, f, f, importance=tp.importance.MagnitudeImportance(p=2))
+
+
 def methods(f, calib, example) -> dict:
-    def tp_l2(m):
-        with quiet(): return prune_heads(m, example, f, f, importance=tp.importance.MagnitudeImportance(p=2))
     return {
-        'torch-pruning magnitude (L2)': tp_l2,
+        'torch-pruning magnitude (L2)': lambda m: magnitude(m, example, f),
         'torch-pruning taylor': lambda m: taylor(m, example, f, calib),
         'fasterai 0.4.1 large_final': lambda m: fasterai_prune(m, example, f),
         'fisherfast l2, no re-fit': lambda m: ours(m, example, f, 'l2', None),

@@ -79,7 +79,8 @@ class PruneCallback(Callback):
         if self._waiting or self.engine is not None: return
         s = self.schedule
         self.points = [s.start_pct + (s.end_pct - s.start_pct) * (i + 1) / self.n_steps for i in range(self.n_steps)]
-        xb = self.dls.train.one_batch()[:self.dls.n_inp]
+        b = self.dls.train.one_batch()
+        xb = b[:getattr(self.dls, 'n_inp', max(1, len(b) - 1))]  # as `Learner` splits a batch
         example = tuple(x[:1].as_subclass(torch.Tensor) for x in xb)
         self.pruner = Pruner(model, example[0] if len(example) == 1 else example, self.criteria, self.target, stats={'fisher_diag': {}},
                              ignore=self.ignore, round_to=self.round_to, heads=self.heads)
