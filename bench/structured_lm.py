@@ -98,6 +98,7 @@ def methods(f, calib, example) -> dict:
         'fisherfast l2, no re-fit': lambda m: ours(m, example, f, 'l2', None),
         'fisherfast l2 + re-fit': lambda m: ours(m, example, f, 'l2', calib),
         'fisherfast obd + re-fit': lambda m: ours(m, example, f, 'obd', calib),
+        'fisherfast obs + re-fit': lambda m: ours(m, example, f, 'obs', calib),
     }
 
 

@@ -6,13 +6,12 @@
 from __future__ import annotations
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from fastcore.basics import patch, store_attr
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.imports import noop
 from fastai.torch_core import get_model
-from ..core.args import as_fraction, positive_int
+from ..core.args import positive_int
 from ..core.schedule import Schedule, agp
 from .structured import Pruner
 

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/sparse/structured.ipynb #b14f3d53
 from __future__ import annotations
-import copy
+import copy, statistics, time
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -13,18 +13,20 @@ from ..core.args import as_fraction, positive, positive_int
 from ..core.layers import is_transposed, oriented_weight
 from .heads import attention_heads, ignored_layers, output_tensors, traceable, update_heads
 from ..stats.batches import Batch, as_batch
+from ..stats.calibrate import calibrate
 from ..stats.kinds import input_rows
 
 # %% auto #0
-__all__ = ['GroupScore', 'prune_tracked', 'refit', 'Pruner']
+__all__ = ['GroupScore', 'per_channel', 'obs_saliency', 'prune_tracked', 'refit', 'latency_ms', 'Pruner']
 
 # %% ../../nbs/sparse/structured.ipynb #e8c4989e
 _out = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 _in = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 class GroupScore(tp.importance.Importance):
-    "torch-pruning importance: per channel of a group, the sum of a per-weight score over every layer coupled to it"
-    def __init__(self, score): self.score = score  # `score(module) -> tensor shaped like its oriented weight, or None`
+    "torch-pruning importance: per channel of a group, the sum of a per-channel score over every layer coupled to it"
+    def __init__(self, score, fallback=None):
+        self.score,self.fallback = score,fallback  # `score(module, out) -> one score per output (or input) channel, or None`
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor|None:
@@ -32,13 +34,31 @@ class GroupScore(tp.importance.Importance):
         for i,(dep,idxs) in enumerate(group):
             m,fn = dep.target.module,dep.handler
             if fn not in _out + _in or getattr(m, 'transposed', False) or getattr(m, 'groups', 1) > 1: continue
-            s = self.score(m)
-            if s is None: continue
-            per = (s.flatten(1) if fn in _out else s.transpose(0, 1).flatten(1)).sum(1).float()
+            per = self.score(m, fn in _out)
+            if per is None: continue
             root = torch.tensor(group[i].root_idxs, device=per.device)  # this layer's channels as channels of the group
             if total is None: total = torch.zeros(len(group[0].idxs), device=per.device)
-            total.scatter_add_(0, root, per[idxs])
-        return total
+            total.scatter_add_(0, root, per.float()[idxs])
+        return self.fallback(group) if total is None and self.fallback is not None else total
+
+def per_channel(s:torch.Tensor, out:bool) -> torch.Tensor:
+    "A per-weight score (shaped like the `(out, in, ...)` weight) summed per output channel, or per input channel"
+    return (s.flatten(1) if out else s.transpose(0, 1).flatten(1)).sum(1)
+
+# %% ../../nbs/sparse/structured.ipynb #e579d032
+@torch.no_grad()
+def obs_saliency(w:torch.Tensor, H:torch.Tensor, damp:float=0.01) -> torch.Tensor:
+    "Per input channel of weight `w` `(out, in, *kernel)`: the relative output error of removing it and re-fitting the rest"
+    W = w.flatten(1).double()
+    H = H.double().clone()
+    H.diagonal().add_(damp * H.diagonal().mean() + 1e-12)
+    k = W.shape[1] // w.shape[1]  # columns per input channel: the kernel's size
+    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+    idx = torch.arange(W.shape[1], device=W.device).view(-1, k)
+    blocks = torch.linalg.inv(Hinv[idx[:, :, None], idx[:, None, :]])  # (channels, k, k)
+    Wc = W.view(len(W), -1, k).transpose(0, 1)  # (channels, out, k)
+    err = torch.einsum('cok,ckl,col->c', Wc, blocks, Wc)
+    return (err / torch.einsum('oi,ij,oj->', W, H, W).clamp_min(1e-30)).float()
 
 # %% ../../nbs/sparse/structured.ipynb #88aaf3d1
 def _drop(kept:dict, m:nn.Module, n:int, idxs):
@@ -112,6 +132,19 @@ def refit(model:nn.Module, dense:nn.Module, kept_in:dict, kept_out:dict, batches
     return model
 
 # %% ../../nbs/sparse/structured.ipynb #7675ccb2
+@torch.inference_mode()
+def latency_ms(model:nn.Module, inputs, reps:int=20) -> float:
+    "Median milliseconds of a forward of `model` on `inputs` (a tensor, tuple or dict), after two warm-up runs, in eval mode"
+    was = model.training
+    model.eval()
+    run = (lambda: model(**inputs)) if isinstance(inputs, dict) else (lambda: model(*inputs)) if isinstance(inputs, tuple) else (lambda: model(inputs))
+    for _ in range(2): run()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter(); run(); ts.append(time.perf_counter() - t)
+    model.train(was)
+    return 1000 * statistics.median(ts)
+
 def _classifier(model):
     "The last Linear of `model`, the classifier, left whole by default"
     lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -130,10 +163,12 @@ class Pruner:
                  n_samples:int=1024,       # calibration samples taken from `calib`
                  damp:float=0.01,          # the re-fit's ridge, a fraction of the mean input energy
                  heads:bool=False):        # a transformer: remove attention heads and FFN neurons, keep the hidden width
-        if criteria not in ('l1', 'l2', 'obd'):
-            raise ValueError(f"criteria={criteria!r} is not known; valid: 'l1', 'l2', 'obd'")
+        if criteria not in ('l1', 'l2', 'obd', 'obs'):
+            raise ValueError(f"criteria={criteria!r} is not known; valid: 'l1', 'l2', 'obd', 'obs'")
         if criteria == 'obd' and (stats is None or 'fisher_diag' not in stats):
             raise ValueError("criteria='obd' needs stats=calibrate(model, dl, loss_func, kinds=('fisher_diag',))")
+        if criteria == 'obs' and calib is None and (stats is None or 'xtx' not in stats):
+            raise ValueError("criteria='obs' needs calib= (batches) or stats=calibrate(model, dl, None, kinds=('xtx',))")
         self.target = self._check_target(target)
         self.model,self.example_inputs,self.criteria,self.stats,self.round_to = model,example_inputs,criteria,stats,round_to
         self.ignore = _classifier(model) if ignore is None else list(ignore)
@@ -150,20 +185,24 @@ class Pruner:
     @staticmethod
     def _check_target(target):
         if isinstance(target, dict):
-            if len(target) != 1 or next(iter(target)) not in ('params', 'macs'):
-                raise ValueError(f"target={target!r}: a dict target is {{'params': f}} or {{'macs': f}}, the fraction removed")
+            if len(target) != 1 or next(iter(target)) not in ('params', 'macs', 'latency'):
+                raise ValueError(f"target={target!r}: a dict target is {{'params': f}}, {{'macs': f}} or {{'latency': f}}, "
+                                 f"the fraction removed")
             k,v = next(iter(target.items()))
             return {k: as_fraction(v, f'target[{k!r}]')}
         f = as_fraction(target, 'target')
         if f >= 1: raise ValueError(f"target={target!r} would remove every channel: it must be below 1")
         return f
 
-    def _score(self, m:nn.Module, names:dict):
+    def _score(self, m:nn.Module, names:dict, out:bool):
         w = oriented_weight(m).detach()
-        if self.criteria == 'l1': return w.abs()
-        if self.criteria == 'l2': return w.square()
-        F = self.stats['fisher_diag'].get(names.get(m))
-        return None if F is None else 0.5 * F.view_as(w).to(w.device) * w.square()
+        if self.criteria == 'l1': return per_channel(w.abs(), out)
+        if self.criteria == 'l2': return per_channel(w.square(), out)
+        if self.criteria == 'obd':
+            F = self.stats['fisher_diag'].get(names.get(m))
+            return None if F is None else per_channel(0.5 * F.view_as(w).to(w.device) * w.square(), out)
+        H = self.stats['xtx'].get(names.get(m))  # 'obs': the layers that read the channel; None where shapes moved on
+        return None if out or H is None or H.shape[0] != w[0].numel() else obs_saliency(w, H.to(w.device), self.damp)
 
     def count(self, model:nn.Module|None=None) -> tuple:
         "Multiply-adds and parameters of `model` (default: the model being pruned) on `example_inputs`"
@@ -176,7 +215,8 @@ class Pruner:
         by_name = dict(model.named_modules())
         ignored = [by_name[self.names[m]] for m in self.ignore]
         names = {m: n for n,m in by_name.items()}
-        importance = importance or GroupScore(lambda m: self._score(m, names))
+        fallback = tp.importance.MagnitudeImportance(p=2) if self.criteria == 'obs' else None  # a group no layer reads
+        importance = importance or GroupScore(lambda m, out: self._score(m, names, out), fallback)
         kw = dict(importance=importance, pruning_ratio=ratio, round_to=self.round_to)
         if steps is not None:  # torch-pruning's schedule: the ratio reached after each step, from 0
             kw.update(iterative_steps=len(steps), iterative_pruning_ratio_scheduler=lambda r, n: [0.] + [r * f for f in steps])
@@ -197,14 +237,15 @@ class Pruner:
         "The fraction of every group's channels that meets the target"
         if not isinstance(self.target, dict): return self.target
         (kind,f), = self.target.items()
-        i = 0 if kind == 'macs' else 1
-        lo,hi = 0.,0.99  # the channel fraction that removes `f` of the parameters or MACs, by bisection on copies
+        size = {'macs': lambda m: self.count(m)[0], 'params': lambda m: self.count(m)[1],
+                'latency': lambda m: latency_ms(m, self.example_inputs)}[kind]
+        dense = size(self.model)
+        lo,hi = 0.,0.99  # the channel fraction that removes `f` of the size, by bisection on copies
         for _ in range(12):
             mid = (lo + hi) / 2
             pruned = copy.deepcopy(self.model)  # every group loses the same share whatever the ranking: rank by size here
             self.step(self.engine(pruned, mid, importance=tp.importance.MagnitudeImportance(p=2)))
-            removed = 1 - self.count(pruned)[i] / self.before[i]
-            lo,hi = (mid, hi) if removed < f else (lo, mid)
+            lo,hi = (mid, hi) if 1 - size(pruned) / dense < f else (lo, mid)
         return hi
 
     def _batches(self) -> list:
@@ -220,14 +261,17 @@ class Pruner:
 
     def prune(self) -> nn.Module:
         "The model with the channels removed (the one given, changed in place), re-fitted on `calib` when given"
-        ratio = self.ratio()
+        ratio,self.before_ms = self.ratio(),latency_ms(self.model, self.example_inputs)
         batches,dense = (None,None) if self.calib is None else (self._batches(),copy.deepcopy(self.model))
+        if self.criteria == 'obs' and (self.stats is None or 'xtx' not in self.stats):
+            self.stats = calibrate(self.model, batches, None, n_samples=self.n_samples, kinds=('xtx',), progress=False)
         self.kept_in,self.kept_out = self.step(self.engine(self.model, ratio))  # the channels every layer kept, as its original indices
         if self.calib is None: return self.model
         with torch.no_grad(): return refit(self.model, dense, self.kept_in, self.kept_out, batches, self.damp)
 
     def report(self) -> pd.DataFrame:
-        "Parameters and multiply-adds before and after, and their ratio"
-        after = self.count()
-        return pd.DataFrame({'before': self.before, 'after': after, 'ratio': [a / b for a,b in zip(after, self.before)]},
-                            index=['macs', 'params'])
+        "Multiply-adds, parameters and latency on `example_inputs` (ms, this machine) before and after, and their ratio"
+        before,after = list(self.before),list(self.count())
+        if getattr(self, 'before_ms', None) is not None: before,after = before + [self.before_ms],after + [latency_ms(self.model, self.example_inputs)]
+        return pd.DataFrame({'before': before, 'after': after, 'ratio': [a / b for a,b in zip(after, before)]},
+                            index=['macs', 'params', 'latency_ms'][:len(before)])
