@@ -61,7 +61,8 @@ class Batch:
 
 # %% ../../nbs/stats/batches.ipynb #ef02e4a5
 def as_batch(b, who:str='calibrate') -> Batch:
-    "`b` (a tuple `(x…, y)` or a dict of model inputs) as a `Batch`, or a clear error"
+    "`b` (a tuple `(x…, y)`, a dict of model inputs, or already a `Batch`) as a `Batch`, or a clear error"
+    if isinstance(b, Batch): return b
     if isinstance(b, Mapping):
         if not b: raise ValueError(f"{who} got an empty dict as a batch: a Hugging Face batch holds input_ids, attention_mask, …")
         kw = dict(b)
