@@ -12,7 +12,7 @@ the same multiply-adds:
   (torch-pruning's head recipe: the head mapping, the layers left whole, the rotary embeddings made traceable);
 - fasterai 0.4.1 `Pruner(model, f, 'local', large_final)`, called as bench/structured.py calls it, with torch-pruning's
   `output_transform` for a Hugging Face output; a crash, or no result within `--prune-timeout` seconds, is the row's result;
-- fisherfast `Pruner(..., heads=True)` with 'l2' and 'obd' (½·F·w² over the group, F the per-sample Fisher diagonal of
+- fisherfast `Pruner(..., heads=True)` with 'l2', 'obs' (the output error left after the re-fit) and 'obd' (½·F·w² over the group, F the per-sample Fisher diagonal of
   the true next-token loss from `calibrate`, included in its prune time), each re-fitting o_proj and down_proj by least
   squares on the 64 calibration windows (`calib=`); and 'l2' without the re-fit.
 

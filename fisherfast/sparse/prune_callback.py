@@ -54,7 +54,7 @@ class PruneCallback(Callback):
     "Remove channels (or heads and FFN neurons) of the model during training, in `n_steps` steps on `schedule`"
     order = MixedPrecision.order + 2  # gradients are unscaled before 'obd' reads them
     def __init__(self,
-                 target=0.5,                 # fraction of every group's channels removed, or {'macs': f} / {'params': f}
+                 target=0.5,                 # fraction of every group's channels removed, or {'macs' / 'params' / 'latency': f}
                  criteria:str='l2',          # 'l1', 'l2', or 'obd' (½·F·w², F from the training gradients)
                  schedule=agp.window(0.2, 0.8), # fraction of `target` against training progress
                  n_steps:int=8,              # pruning steps, evenly spaced over the schedule's window
