@@ -23,8 +23,9 @@ eval mode, inference mode), as a speed-up over the dense model measured in the s
 saved whole with `torch.save`, loaded back (`torch.load(weights_only=False)`, outputs compared) and exported with
 `torch.export.export`; the table says whether both worked.
 
-    .venv/bin/python bench/structured.py                 # about 25 minutes on 2 threads (training the cache: ~8 of them)
+    .venv/bin/python bench/structured.py                 # about 40 minutes on 2 idle threads (training the cache: 6 of them)
     .venv/bin/python bench/structured.py --seeds 0 1 2   # the fine-tune and calibration subsets over three seeds
+    .venv/bin/python bench/structured.py --latency-only --reps 50   # the pruned architectures' speed-up alone, ~1 minute
 """
 import argparse, copy, io, statistics, time, warnings, contextlib
 from pathlib import Path
@@ -126,6 +127,16 @@ def latency_ms(model, x, reps) -> float:
     return 1000 * statistics.median(ts)
 
 
+def latency_table(dense, example, xv, lat0, a):
+    "The speed-up of the architecture every method reaches at each MACs target, with `--reps` timed runs each"
+    torch.set_num_threads(1)
+    for f in a.macs:
+        m = Pruner(copy.deepcopy(dense), example, 'l2', {'macs': f}, round_to=a.round_to).prune()
+        lat = {bs: latency_ms(m, xv[:bs], a.reps) for bs in (1, 64)}
+        print(f"{1 / (1 - f):.0f}x fewer MACs: {lat[1]:.2f} ms (batch 1), {lat[64]:.1f} ms (batch 64): speed-up "
+              f"{lat0[1] / lat[1]:.2f}x and {lat0[64] / lat[64]:.2f}x")
+
+
 def portable(model, x) -> str:
     "Whether the pruned model saves, reloads and exports as a plain PyTorch module"
     buf = io.BytesIO()
@@ -151,6 +162,8 @@ def main():
     p.add_argument('--round-to', type=int, default=8, help='kept channel counts a multiple of this, for every method')
     p.add_argument('--threads', type=int, default=2, help='torch threads for training and pruning (latency: always 1)')
     p.add_argument('--reps', type=int, default=20, help='timed runs per latency')
+    p.add_argument('--latency-only', action='store_true',
+                   help='only the speed-up of the pruned architecture (the same for every method), timed alone on a quiet machine')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     x, y, xv, yv = fashion_mnist_tensors()
@@ -166,6 +179,7 @@ def main():
     torch.set_num_threads(a.threads)
     print(f"dense resnet18: {100 * dense_acc / 100:.2f}% test accuracy, {params0 / 1e6:.2f}M params, {macs0 / 1e6:.1f}M MACs, "
           f"latency {lat0[1]:.2f} ms (batch 1), {lat0[64]:.1f} ms (batch 64), 1 thread\n")
+    if a.latency_only: return latency_table(dense, example, xv, lat0, a)
     rows = []
     for f in a.macs:
         ratio = ratio_for(dense, example, f, a.round_to)
