@@ -13,7 +13,7 @@ from fastai.imports import noop
 from fastai.torch_core import get_model
 from ..core.args import positive_int
 from ..core.schedule import Schedule, agp
-from .structured import Pruner
+from .structured import Pruner, check_target
 
 # %% auto #0
 __all__ = ['follow_params', 'PruneCallback']
@@ -61,7 +61,7 @@ class PruneCallback(Callback):
                  ignore=None,                # modules left whole; default the last Linear
                  round_to:int|None=None,     # kept channel counts a multiple of this
                  heads:bool=False):          # a transformer: remove attention heads and FFN neurons
-        self.target = Pruner._check_target(target)
+        self.target = check_target(target)
         if criteria not in ('l1', 'l2', 'obd'): raise ValueError(f"criteria={criteria!r} is not known; valid: 'l1', 'l2', 'obd'")
         if not isinstance(schedule, Schedule): raise TypeError(f"schedule={schedule!r} must be a Schedule, e.g. agp.window(0.2, 0.8)")
         positive_int(n_steps, 'n_steps'); positive_int(round_to, 'round_to', none_ok=True)

@@ -17,7 +17,7 @@ from ..stats.calibrate import calibrate
 from ..stats.kinds import input_rows
 
 # %% auto #0
-__all__ = ['GroupScore', 'per_channel', 'obs_saliency', 'prune_tracked', 'refit', 'latency_ms', 'Pruner']
+__all__ = ['GroupScore', 'per_channel', 'obs_saliency', 'prune_tracked', 'refit', 'latency_ms', 'check_target', 'Pruner']
 
 # %% ../../nbs/sparse/structured.ipynb #e8c4989e
 _out = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
@@ -145,6 +145,18 @@ def latency_ms(model:nn.Module, inputs, reps:int=20) -> float:
     model.train(was)
     return 1000 * statistics.median(ts)
 
+def check_target(target):
+    "`target` as `Pruner` takes it: a channel fraction below 1, or `{'params' | 'macs' | 'latency': fraction removed}`"
+    if isinstance(target, dict):
+        if len(target) != 1 or next(iter(target)) not in ('params', 'macs', 'latency'):
+            raise ValueError(f"target={target!r}: a dict target is {{'params': f}}, {{'macs': f}} or {{'latency': f}}, "
+                             f"the fraction removed")
+        k,v = next(iter(target.items()))
+        return {k: as_fraction(v, f'target[{k!r}]')}
+    f = as_fraction(target, 'target')
+    if f >= 1: raise ValueError(f"target={target!r} would remove every channel: it must be below 1")
+    return f
+
 def _classifier(model):
     "The last Linear of `model`, the classifier, left whole by default"
     lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -154,9 +166,9 @@ class Pruner:
     "Remove channels and neurons of `model` physically, in coupled groups, ranked by a fisherfast criterion"
     def __init__(self, model:nn.Module,
                  example_inputs,           # an input batch for tracing (a tensor, or a tuple of them)
-                 criteria:str='l2',        # 'l1', 'l2' or 'obd' (needs `stats` with 'fisher_diag')
-                 target=0.5,               # fraction of each group's channels, or {'params': f} / {'macs': f} removed
-                 stats=None,               # `calibrate(...)` statistics, for 'obd'
+                 criteria:str='l2',        # 'l1', 'l2', 'obd' (needs `stats` with 'fisher_diag') or 'obs' (`calib` or 'xtx')
+                 target=0.5,               # fraction of each group's channels, or {'params' / 'macs' / 'latency': f} removed
+                 stats=None,               # `calibrate(...)` statistics, for 'obd' and 'obs'
                  ignore=None,              # modules of `model` left whole; default the last Linear
                  round_to:int|None=None,   # kept channel counts a multiple of this
                  calib=None,               # batches `(x, y)` or dicts of model inputs: with them, what remains is re-fitted
@@ -169,7 +181,7 @@ class Pruner:
             raise ValueError("criteria='obd' needs stats=calibrate(model, dl, loss_func, kinds=('fisher_diag',))")
         if criteria == 'obs' and calib is None and (stats is None or 'xtx' not in stats):
             raise ValueError("criteria='obs' needs calib= (batches) or stats=calibrate(model, dl, None, kinds=('xtx',))")
-        self.target = self._check_target(target)
+        self.target = check_target(target)
         self.model,self.example_inputs,self.criteria,self.stats,self.round_to = model,example_inputs,criteria,stats,round_to
         self.ignore = _classifier(model) if ignore is None else list(ignore)
         self.names = {m: n for n,m in model.named_modules()}
@@ -181,18 +193,6 @@ class Pruner:
         self.calib,self.n_samples,self.damp,self.heads = calib,n_samples,damp,heads
         if heads: attention_heads(model)  # a model without attention fails here, untouched
         self.before = self.count(model)
-
-    @staticmethod
-    def _check_target(target):
-        if isinstance(target, dict):
-            if len(target) != 1 or next(iter(target)) not in ('params', 'macs', 'latency'):
-                raise ValueError(f"target={target!r}: a dict target is {{'params': f}}, {{'macs': f}} or {{'latency': f}}, "
-                                 f"the fraction removed")
-            k,v = next(iter(target.items()))
-            return {k: as_fraction(v, f'target[{k!r}]')}
-        f = as_fraction(target, 'target')
-        if f >= 1: raise ValueError(f"target={target!r} would remove every channel: it must be below 1")
-        return f
 
     def _score(self, m:nn.Module, names:dict, out:bool):
         w = oriented_weight(m).detach()
