@@ -27,7 +27,7 @@ saved whole with `torch.save`, loaded back (`torch.load(weights_only=False)`, ou
     .venv/bin/python bench/structured.py --seeds 0 1 2   # the fine-tune and calibration subsets over three seeds
     .venv/bin/python bench/structured.py --latency-only --reps 50   # the pruned architectures' speed-up alone, ~1 minute
 """
-import argparse, copy, io, statistics, time, warnings, contextlib
+import argparse, copy, io, time, warnings, contextlib
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -39,7 +39,7 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fisherfast.data import fashion_mnist_tensors, tensor_accuracy, train_tensors
 from fisherfast.sparse.prune_callback import PruneCallback
-from fisherfast.sparse.structured import Pruner
+from fisherfast.sparse.structured import Pruner, latency_ms
 from fisherfast.stats.calibrate import calibrate
 from gradual import TensorDL
 
@@ -115,16 +115,6 @@ def fine_tune(model, data, a, seed, cbs=None):
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(a.ft_epochs, a.ft_lr, cbs=cbs)
     return learn.model.eval()
-
-
-@torch.inference_mode()
-def latency_ms(model, x, reps) -> float:
-    model.eval()
-    for _ in range(2): model(x)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); model(x); ts.append(time.perf_counter() - t)
-    return 1000 * statistics.median(ts)
 
 
 def latency_table(dense, example, xv, lat0, a):

@@ -29,7 +29,7 @@ then exported with `torch.export.export` (with `use_cache=False`: a DynamicCache
     .venv/bin/python bench/structured_lm.py                 # about 5 minutes on one thread
     .venv/bin/python bench/structured_lm.py --seeds 0 1 2   # three fine-tune orders, about 14 minutes
 """
-import argparse, contextlib, copy, io, os, signal, statistics, sys, time, traceback, warnings
+import argparse, contextlib, copy, io, os, signal, sys, time, traceback, warnings
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, os.path.dirname(__file__))
 warnings.filterwarnings('ignore')
@@ -37,7 +37,7 @@ import torch
 import torch_pruning as tp
 from llm_common import CACHES, SEQ, load_data, load_model, perplexity
 from fisherfast.sparse.heads import output_tensors, prune_heads, traceable
-from fisherfast.sparse.structured import Pruner
+from fisherfast.sparse.structured import Pruner, latency_ms
 from fisherfast.stats.calibrate import calibrate
 
 FAMILY = 'llama'
@@ -123,15 +123,6 @@ def pruned(fn, model, limit) -> tuple:
     finally: signal.alarm(0)
 
 
-@torch.inference_mode()
-def latency_ms(model, x, reps) -> float:
-    for _ in range(2): model(input_ids=x, use_cache=False)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); model(input_ids=x, use_cache=False); ts.append(time.perf_counter() - t)
-    return 1000 * statistics.median(ts)
-
-
 def _exports(model, x, strict) -> bool:
     try: torch.export.export(model, (), {'input_ids': x, 'use_cache': False}, strict=strict); return True
     except Exception: return False
@@ -164,7 +155,7 @@ def measure(m, base, data, tokens, example, a, seed) -> dict:
     held = data['heldout']
     one = perplexity(m, held)
     macs,params,blocks = count(m, example)
-    lat = {bs: latency_ms(m, held[:bs], a.reps) for bs in (1, 16)}
+    lat = {bs: latency_ms(m, {'input_ids': held[:bs], 'use_cache': False}, a.reps) for bs in (1, 16)}
     port = portable(m, held[:2])
     ft = perplexity(fine_tune(m, tokens, a, seed), held)
     return dict(one_shot=one, fine_tuned=ft, macs=macs / base['macs'], params=params / base['params'],
@@ -213,7 +204,7 @@ def main():
     example = {'input_ids': data['calib'][:1]}
     calib = [{'input_ids': data['calib'][i:i + 8]} for i in range(0, len(data['calib']), 8)]
     macs,params,blocks = count(dense, example)
-    base = dict(macs=macs, params=params, blocks=blocks, lat={bs: latency_ms(dense, data['heldout'][:bs], a.reps) for bs in (1, 16)})
+    base = dict(macs=macs, params=params, blocks=blocks, lat={bs: latency_ms(dense, {'input_ids': data['heldout'][:bs], 'use_cache': False}, a.reps) for bs in (1, 16)})
     print(f"dense {FAMILY}: held-out perplexity {perplexity(dense, data['heldout']):.2f}, {params / 1e6:.2f}M params, "
           f"{macs / 1e6:.1f}M MACs per 128 tokens, latency {base['lat'][1]:.2f} ms (batch 1), {base['lat'][16]:.1f} ms (batch 16), "
           f"1 thread; fine-tune: {a.ft_steps} steps of {a.ft_bs}×{SEQ} tokens at lr {a.ft_lr}\n", flush=True)

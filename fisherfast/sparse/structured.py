@@ -123,7 +123,7 @@ def _refit_layer(m:nn.Module, md:nn.Module, rows:torch.Tensor, model:nn.Module, 
 
 def refit(model:nn.Module, dense:nn.Module, kept_in:dict, kept_out:dict, batches, damp:float=0.01) -> nn.Module:
     "Re-fit every layer of `model` that lost inputs (`kept_in`) to reproduce its outputs in `dense`, in forward order"
-    batches = [b if isinstance(b, Batch) else as_batch(b, 'refit') for b in batches]
+    batches = [as_batch(b, 'refit') for b in batches]
     if not batches: raise ValueError("refit needs at least one calibration batch")
     twin,names = dict(dense.named_modules()),{m: n for n,m in model.named_modules()}
     for m in _call_order(model, [m for m in kept_in if _refittable(m)], batches[0]):
