@@ -16,8 +16,12 @@ def _rank(rank, world, port, fn, out):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group('gloo', rank=rank, world_size=world)
-    try: fn(rank, world, out)
-    finally: dist.destroy_process_group()
+    fn(rank, world, out)
+    dist.barrier()  # no rank leaves while another still needs it in a collective
+    # gloo's teardown (destroy_process_group, or the interpreter's exit) sometimes aborts with "terminate called
+    # without an active exception" once the peer has gone (about 1 run in 15 on a loaded machine): skip it,
+    # the results are written and every rank is past its last collective
+    os._exit(0)
 
 
 def spawn(fn, out, world:int=2):
