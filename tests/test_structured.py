@@ -1,5 +1,5 @@
 "Physical channel removal against masking, and PruneCallback in fastai workflows"
-import copy, io
+import copy
 import pytest
 import torch
 import torch.nn as nn

@@ -12,10 +12,13 @@ from ..core.args import float_dtype, positive, positive_int
 from ..core.layers import LayerView
 from ..core.masks import lowest_k_keep, nm_keep
 from .base import Criteria, register_criteria
+from ..stats.kinds import RowWindow
+from ..stats.train import check_n_grads, count_at
 
 # %% auto #0
 __all__ = ['to_blocks', 'from_blocks', 'grad_blocks', 'block_inverse', 'ImplicitInverse', 'ExplicitInverse', 'obs_scores',
-           'obs_update', 'woodfisher', 'sparsegpt_hessian', 'hinv_cholesky', 'sparsegpt_sweep', 'sparsegpt']
+           'obs_update', 'slide_window', 'eliminate_weights', 'woodfisher', 'sparsegpt_hessian', 'hinv_cholesky',
+           'sparsegpt_sweep', 'sparsegpt']
 
 # %% ../../nbs/criteria/obs.ipynb #e2c78e9a
 def to_blocks(x:torch.Tensor, block_size:int) -> torch.Tensor:
@@ -151,39 +154,85 @@ def obs_scores(inv, w:torch.Tensor) -> torch.Tensor:
     "OBS saliency `w_q² / (2[F̂⁻¹]_qq)` of blocked weights `w` `(n_blocks, B)`"
     return w.square() / (2 * inv.diag())
 
-def _obs_explicit(inv:torch.Tensor, w:torch.Tensor, prune:torch.Tensor) -> torch.Tensor:
-    "`δw = −F̂⁻¹E_Qᵀ([F̂⁻¹]_QQ)⁻¹w_Q` in every block, blocks padded to the largest `|Q|`"
-    nb,B = w.shape
-    n = prune.sum(1)
-    k = int(n.max())
-    if k == 0: return torch.zeros_like(w)  # nothing newly pruned (LAPACK rejects empty systems)
-    idx = prune.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :k]   # Q first, in order
-    valid = torch.arange(k, device=w.device) < n[:, None]
-    cols = inv.gather(2, idx[:, None, :].expand(nb, B, k)) * valid[:, None, :]  # F̂⁻¹E_Qᵀ
-    sub = cols.gather(1, idx[:, :, None].expand(nb, k, k))                      # [F̂⁻¹]_QQ
+_group_elements = 2**23  # largest work tensor of a group of blocks solved together (64 MB in float64)
+
+def _by_count(n:torch.Tensor, width:int):
+    "The blocks with `n > 0` in groups of counts up to the same power of two: `(blocks, k)`, `k` the group's largest count"
+    blocks = n.nonzero().squeeze(1)
+    level = torch.log2(n[blocks].double()).ceil()  # padding each block to its group's `k` at most doubles its work
+    for l in level.unique().tolist():
+        group = blocks[level == l]
+        k = int(n[group].max())
+        step = max(1, _group_elements // (k * width))  # `(blocks, k, width)` work tensors stay small on large layers
+        for i in range(0, len(group), step): yield group[i:i + step], k
+
+def _subsystem(inv:torch.Tensor, blocks:torch.Tensor, sel:torch.Tensor, k:int):
+    "`(idx, valid, rows, L)` of the coordinates `sel` (at most `k` per block) of `inv[blocks]`: `E_QF̂⁻¹` and the Cholesky factor of `[F̂⁻¹]_QQ`"
+    B = inv.shape[-1]
+    sel = sel[blocks]
+    idx = sel.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :k]   # Q first, in order
+    valid = torch.arange(k, device=sel.device) < sel.sum(1, keepdim=True)
+    # whole rows of the blocks, read contiguously (as many as |Q|): the columns too, F̂⁻¹ being symmetric
+    rows = inv.reshape(-1, B).index_select(0, (blocks[:, None] * B + idx).flatten()).view(len(blocks), k, B) * valid[:, :, None]
+    sub = rows.gather(2, idx[:, None, :].expand(-1, k, -1))                                     # [F̂⁻¹]_QQ
     sub = torch.where(valid[:, :, None] & valid[:, None, :], sub, torch.diag_embed((~valid).to(sub.dtype)))
     # [F̂⁻¹]_QQ is positive definite: Cholesky, in float64 since a large Q makes it ill-conditioned
     # (batched LU through MKL also failed here on some batches that solve one by one)
-    rhs = (w.gather(1, idx) * valid).double().unsqueeze(-1)
-    y = torch.cholesky_solve(rhs, torch.linalg.cholesky(sub.double())).squeeze(-1).to(w.dtype)
-    return -(cols @ y.unsqueeze(-1)).squeeze(-1)
+    return idx, valid, rows, torch.linalg.cholesky(sub.double())
+
+def _obs_explicit(inv:torch.Tensor, w:torch.Tensor, prune:torch.Tensor, damp:float|None=None) -> torch.Tensor:
+    "`δw = −F̂⁻¹E_Qᵀ([F̂⁻¹]_QQ)⁻¹w_Q` in every block, blocks of similar `|Q|` together; with `damp`, `Q` also eliminated from `inv`"
+    dw = torch.zeros_like(w)
+    for blocks,k in _by_count(prune.sum(1), w.shape[-1]):
+        idx,valid,rows,L = _subsystem(inv, blocks, prune, k)
+        Y = torch.linalg.solve_triangular(L, rows.double(), upper=False)                        # L⁻¹[F̂⁻¹]_QK
+        z = torch.linalg.solve_triangular(L, (w[blocks].gather(1, idx) * valid).double().unsqueeze(-1), upper=False)
+        dw[blocks] = -(Y.mT @ z).squeeze(-1).to(w.dtype)                                         # −[F̂⁻¹]_KQ [F̂⁻¹]_QQ⁻¹ w_Q
+        if damp is not None: inv.index_add_(0, blocks, (Y.mT @ Y).to(inv.dtype), alpha=-1)     # the Schur complement
+    if damp is not None:  # the eliminated coordinates exactly decoupled, at 1/λ
+        b,q = prune.nonzero().unbind(1)
+        inv[b, q, :],inv[b, :, q] = 0,0
+        inv[b, q, q] = 1 / damp
+    return dw
 
 # %% ../../nbs/criteria/obs.ipynb #602ff8d0
 def _obs_implicit(G:torch.Tensor, damp:float, w:torch.Tensor, prune:torch.Tensor) -> torch.Tensor:
-    "The joint OBS update by elimination: `δw_K = G_Kᵀ(mλI + G_KG_Kᵀ)⁻¹G_Q w_Q`, `δw_Q = −w_Q`"
-    m = G.shape[1]
-    GK = G * (~prune)[:, None, :]
-    u = (G @ (w * prune).unsqueeze(-1))
-    y = torch.linalg.solve(torch.baddbmm(_eye(m, G).mul(m * damp), GK, GK.mT), u)
-    return (GK.mT @ y).squeeze(-1) - w * prune
+    "The joint OBS update by elimination: `δw_K = G_Kᵀ(mλI + G_KG_Kᵀ)⁻¹G_Q w_Q`, `δw_Q = −w_Q`, a chunk of blocks at a time"
+    nb,m,B = G.shape
+    dw,step = torch.empty_like(w),max(1, _group_elements // (m * B))
+    for i in range(0, nb, step):
+        g,v,p = G[i:i + step],w[i:i + step],prune[i:i + step]
+        gk = g * (~p)[:, None, :]
+        y = torch.linalg.solve(torch.baddbmm(_eye(m, G).mul(m * damp), gk, gk.mT), g @ (v * p).unsqueeze(-1))
+        dw[i:i + step] = (gk.mT @ y).squeeze(-1) - v * p
+    return dw
 
-def obs_update(inv, w:torch.Tensor, prune:torch.Tensor, G:torch.Tensor|None=None, damp:float|None=None) -> torch.Tensor:
+def obs_update(inv, w:torch.Tensor, prune:torch.Tensor, G:torch.Tensor|None=None, damp:float|None=None,
+               eliminate:bool=False) -> torch.Tensor: # also eliminate `prune` from an explicit `inv`, in place (`eliminate_weights`)
     "The joint OBS change of blocked weights `w` that removes `prune` (same shape) at least loss"
     if not prune.any(): return torch.zeros_like(w)
     if isinstance(inv, ImplicitInverse): return _obs_implicit(G, damp, w, prune)
-    return _obs_explicit(inv.inv if isinstance(inv, ExplicitInverse) else inv, w, prune)
+    return _obs_explicit(inv.inv if isinstance(inv, ExplicitInverse) else inv, w, prune, damp if eliminate else None)
 
 # %% ../../nbs/criteria/obs.ipynb #00f8360f
+def slide_window(inv:torch.Tensor,      # `(n_blocks, B, B)` inverse blocks of `λI + GᵀG/m`, changed in place
+                 arrive:torch.Tensor,   # `(k, d)` gradient rows that join (masked like the others)
+                 leave:torch.Tensor,    # `(k', d)` rows that leave
+                 m:int):                # gradients in the window, before and after
+    "The inverse blocks once `arrive` joined and `leave` left the window: one Woodbury step of rank `k + k'`"
+    U = torch.cat([grad_blocks(arrive, inv.shape[-1]), grad_blocks(leave, inv.shape[-1])], 1)  # (n_blocks, k + k', B)
+    s_inv = torch.cat([inv.new_full((len(arrive),), m), inv.new_full((len(leave),), -m)]).diag()
+    Y = inv @ U.mT
+    return inv.baddbmm_(Y, torch.linalg.solve(torch.baddbmm(s_inv, U, Y), Y.mT), alpha=-1)
+
+def eliminate_weights(inv:torch.Tensor,   # `(n_blocks, B, B)` inverse blocks, changed in place
+                      drop:torch.Tensor,  # `(n_blocks, B)` bool: the coordinates to remove
+                      damp:float):        # λ: the removed coordinates are left decoupled at `1/λ`
+    "The inverse blocks of the sub-blocks without `drop`, by the Schur complement: as a build masked to the rest gives"
+    _obs_explicit(inv, torch.zeros(drop.shape, dtype=inv.dtype, device=inv.device), drop, damp)
+    return inv
+
+# %% ../../nbs/criteria/obs.ipynb #3f905600
 _forms = ('auto', 'explicit', 'implicit')
 
 def _devices(device) -> list:
@@ -199,67 +248,113 @@ def _devices(device) -> list:
     if not res: raise ValueError("device=[] names no device: pass None (the weights' device), one device or several")
     return res
 
-def _n_grads(n) -> int|dict:
-    "`n` checked: a count, or a schedule `{sparsity: count}` (SparseML's `num_grads`) that holds 0.0"
-    if not isinstance(n, dict): return positive_int(n, 'n_grads')
-    if 0 not in n: raise ValueError(f"n_grads={n!r} needs an entry for sparsity 0.0: the count before any pruning")
-    for k,v in n.items():
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 <= k < 1:
-            raise ValueError(f"n_grads={n!r}: the key {k!r} must be a sparsity in [0, 1)")
-        positive_int(v, f'n_grads[{k!r}]')
-    return dict(sorted(n.items()))
-
 def _nbytes(inv) -> int:
     ts = [inv.inv] if isinstance(inv, ExplicitInverse) else [inv.A]
     return sum(t.numel() * t.element_size() for t in ts)
 
-# %% ../../nbs/criteria/obs.ipynb #feb6f350
+def _rows_of(grads):
+    "The tensor that holds the gradient rows `grads` (a tensor, or a `RowWindow` on a ring): what an inverse is of"
+    return grads.buffer.buf if isinstance(grads, RowWindow) else grads
+
+class _Kept:
+    "A layer's inverse and what it is of: `m` rows of `source` (the last, up to row `stop`, of a window), masked to `alive`"
+    def __init__(self, inv, G, alive:torch.Tensor, grads, m:int):
+        self.inv,self.G,self.alive,self.m = inv,G,alive,m
+        self.source,self.stop = weakref.ref(_rows_of(grads)),getattr(grads, 'n', None)
+        self.fresh = 0  # rows that joined by updates since it was built
+        self.size = _nbytes(inv) + (0 if G is None else G.numel() * G.element_size())
+
+    def current(self, grads, alive:torch.Tensor, m:int) -> bool:
+        "Whether it is the inverse for the rows `grads` and the weights `alive` as they are"
+        return (self.source() is _rows_of(grads) and self.stop == getattr(grads, 'n', None) and self.m == m
+                and torch.equal(self.alive, alive))
+
+# %% ../../nbs/criteria/obs.ipynb #a4c1d7c7
 class _WoodFisher:
-    "Builds, caches and uses the block-diagonal inverse Fisher of each layer"
+    "Builds, caches, brings up to date and uses the block-diagonal inverse Fisher of each layer"
     def __init__(self, block_size, n_grads, damp, form, dtype, cache_bytes=None, scale_prune_update=1., device=None,
-                 taylor=False):
-        self.block_size,self.n_grads,self.damp = positive_int(block_size, 'block_size'),_n_grads(n_grads),positive(damp, 'damp')
+                 taylor=False, dynamic=True):
+        self.block_size,self.damp,self.dynamic = positive_int(block_size, 'block_size'),positive(damp, 'damp'),dynamic
+        self.n_grads = None if n_grads is None else check_n_grads(n_grads)
         if form not in _forms: raise ValueError(f"form={form!r} is not known; valid: {', '.join(map(repr, _forms))}")
         self.form,self.dtype,self.cache_bytes = form,dtype,positive_int(cache_bytes, 'cache_bytes', none_ok=True)
         s = scale_prune_update
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
             raise ValueError(f"scale_prune_update={s!r} must be a number in [0, 1]: 0 leaves the survivors as they are (OBD), 1 is the OBS update")
         self.scale,self.devices,self.taylor,self.assigned = float(s),_devices(device),taylor,{}
-        self.cached = 0  # bytes of the inverses kept between `scores` and `update`, over all layers
+        self.kept = weakref.WeakSet()  # the inverses kept in layers' caches (a layer's cache may be dropped whole)
+
+    @property
+    def cached(self) -> int:
+        "Bytes of the inverses kept, over all layers"
+        return sum(k.size for k in self.kept)
 
     def inverse(self, layer:LayerView):
-        "`(inverse, G, alive)` for `layer`, from the layer's cache when its statistics and zeros are unchanged"
+        "`(inverse, G, alive)` for `layer`: the kept one, brought up to the gradients and zeros of now where it can be, else built"
         grads,w = layer.stat('grads'),self._on(layer.weight, layer)
+        alive = self._alive(layer, w)
+        m,kept = self.count(grads, alive),layer.cache.get(self)
+        if kept is not None and not kept.current(grads, alive, m):
+            if self._updatable(kept, grads, alive, m): self._advance(layer, kept, grads, alive)
+            else: self._drop(layer); kept = None
+        if kept is None: kept = self._build(layer, grads, w, alive, m)
+        return kept.inv, kept.G, alive
+
+    def count(self, grads, alive:torch.Tensor) -> int:
+        "How many gradients the inverse of a layer with `alive` weights is of: its sparsity's count (a window's `n_grads` in training), at most those held"
+        schedule = grads.n_grads if isinstance(grads, RowWindow) else self.n_grads or 256
+        held = grads.buffer.held if isinstance(grads, RowWindow) else len(grads)
+        return min(count_at(schedule, 1 - float(alive.float().mean())), held)
+
+    def _alive(self, layer:LayerView, w:torch.Tensor) -> torch.Tensor:
+        "The weights still alive: nonzero and kept by the layer's mask (an optimizer step moves pruned weights off zero)"
         alive = w.flatten() != 0
-        hit = layer.cache.get(self)
-        if hit is not None and hit[0]() is grads and torch.equal(hit[3], alive): return hit[1:4]
-        if hit is not None: self._drop(layer)
-        G = grads[:self.grads_for(alive)].to(device=w.device)
-        if self.form == 'implicit' or (self.form == 'auto' and len(G) < self.block_size):
-            G = grad_blocks(G.to(self.dtype) * alive, self.block_size)
+        keep = getattr(getattr(layer, 'layer', None), 'keep', None)
+        return alive if keep is None else alive & self._on(keep, layer).flatten()
+
+    def _build(self, layer:LayerView, grads, w:torch.Tensor, alive:torch.Tensor, m:int) -> _Kept:
+        "The inverse of `m` gradients masked to `alive`, kept in the layer's cache while `cache_bytes` allows"
+        # GᵀG does not depend on the order of the rows: a window that is the whole ring is read in place
+        G = (grads.last(m, ordered=False) if isinstance(grads, RowWindow) else grads[:m]).to(device=w.device)
+        if self.form == 'implicit' or (self.form == 'auto' and m < self.block_size):
+            G = grad_blocks(G, self.block_size).to(self.dtype).mul_(to_blocks(alive.to(self.dtype), self.block_size)[:, None])
             inv = ImplicitInverse(G, self.damp)
         else:  # blocked, converted and masked a chunk at a time; the explicit update does not need `G` again
             inv,G = ExplicitInverse(G, self.damp, self.block_size, mask=alive, dtype=self.dtype),None
-        size = _nbytes(inv) + (0 if G is None else G.numel() * G.element_size())
-        if self.cache_bytes is None or self.cached + size <= self.cache_bytes:  # else built again by `update`
-            layer.cache[self] = (weakref.ref(grads), inv, G, alive, size)
-            self.cached += size
-        return inv, G, alive
+        kept = _Kept(inv, G, alive, grads, m)
+        if self.cache_bytes is None or self.cached + kept.size <= self.cache_bytes:  # else built again by `update`
+            layer.cache[self] = kept
+            self.kept.add(kept)
+        return kept
 
-    def grads_for(self, alive:torch.Tensor) -> int:
-        "How many gradients to use for a layer with `alive` weights: `n_grads`, or its entry for the layer's sparsity"
-        if isinstance(self.n_grads, int): return self.n_grads
-        s = 1 - float(alive.float().mean())
-        return self.n_grads[max(k for k in self.n_grads if k <= s + 1e-6)]
+    def _updatable(self, kept:_Kept, grads, alive:torch.Tensor, m:int) -> bool:
+        "Whether `kept` can follow the window `grads` and the zeros `alive` by updates, more cheaply than a rebuild"
+        if not self._follows(grads, kept.G) or kept.source() is not grads.buffer.buf: return False
+        k = grads.n - kept.stop
+        return (kept.m == m and k >= 0 and kept.stop - m >= grads.n - grads.buffer.held   # the rows that left, still held
+                and kept.fresh + k <= 4 * m and 4 * k < m + self.block_size                # bounded drift; cheaper than a rebuild
+                and not bool((alive & ~kept.alive).any()))                                 # no weight revived
+
+    def _advance(self, layer:LayerView, kept:_Kept, grads:RowWindow, alive:torch.Tensor):
+        "Bring `kept` to the window `grads` and the weights `alive`: eliminate the weights pruned since, then slide the window"
+        B,inv = self.block_size,kept.inv.inv
+        if bool((drop := kept.alive & ~alive).any()): eliminate_weights(inv, to_blocks(drop, B), self.damp)
+        k = grads.n - kept.stop
+        if k:
+            rows = lambda start: self._on(grads.buffer.rows(start, start + k), layer).to(self.dtype) * alive
+            slide_window(inv, rows(kept.stop), rows(kept.stop - kept.m), kept.m)
+        kept.alive,kept.stop,kept.fresh = alive,grads.n,kept.fresh + k
+
+    def _follows(self, grads, G) -> bool:
+        "Whether an inverse of `grads` is kept to be brought up to date: explicit (no `G`), of training's window, if `dynamic`"
+        return self.dynamic and G is None and isinstance(grads, RowWindow)
 
     def _on(self, t:torch.Tensor, layer:LayerView) -> torch.Tensor:
         "`t` on the device of `layer`'s inverse: the weight's, or the next of `devices` in turn, one per layer"
         if not self.devices: return t
         return t.to(self.assigned.setdefault(layer.name, self.devices[len(self.assigned) % len(self.devices)]))
 
-    def _drop(self, layer:LayerView):
-        hit = layer.cache.pop(self, None)
-        if hit is not None: self.cached -= hit[4]
+    def _drop(self, layer:LayerView): layer.cache.pop(self, None)
 
     def _blocked(self, layer:LayerView, inv, w:torch.Tensor, alive:torch.Tensor) -> torch.Tensor:
         "`w` blocked; with `taylor`, after the Newton step `−F̂⁻¹g` on the weights still alive"
@@ -278,32 +373,38 @@ class _WoodFisher:
     def update(self, layer:LayerView, keep:torch.Tensor, kept_before:torch.Tensor|None):
         "Remove the newly pruned weights of `layer` by the joint OBS update, block by block"
         inv,G,alive = self.inverse(layer)
-        self._drop(layer)
+        if not self._follows(layer.stat('grads'), G): self._drop(layer)
+        kept = layer.cache.get(self)  # one kept for the next step loses the weights pruned now, as the update goes
         w = self._on(layer.weight, layer)
         prune = ~self._on(keep, layer).flatten() & alive
         w0,wb = to_blocks(w.flatten().to(self.dtype), self.block_size),self._blocked(layer, inv, w, alive)
         pb = to_blocks(prune, self.block_size)
-        new = from_blocks(w0 + self.scale * (wb - w0 + obs_update(inv, wb, pb, G, self.damp)), w.numel()).masked_fill(prune, 0)
+        dw = obs_update(inv, wb, pb, G, self.damp, eliminate=kept is not None)
+        if kept is not None: kept.alive = alive & ~prune
+        new = from_blocks(w0 + self.scale * (wb - w0 + dw), w.numel()).masked_fill(prune, 0)
         layer.set_weight(new.to(layer.weight.device))
 
-# %% ../../nbs/criteria/obs.ipynb #3f905600
+# %% ../../nbs/criteria/obs.ipynb #cb67224a
 def woodfisher(block_size:int=128,   # weights per diagonal block of the inverse Fisher
-               n_grads:int|dict=256, # per-sample gradients used (the first rows of `stats['grads']`), or `{sparsity: count}`
+               n_grads:int|dict|None=None, # gradients used, or `{sparsity: count}`; None: 256, or in training the callback's
                damp:float=1e-5,      # dampening λ of `F̂ = λI + GᵀG/m`
                recompute:int=1,      # prune in this many steps, re-collecting the gradients between them
                form:str='auto',      # 'explicit' (B×B blocks), 'implicit' (M-FAC, O(m·d)), or 'auto'
                dtype=torch.float64,  # dtype of the arithmetic: float32 inverses of a damped Fisher go unstable
-               cache_bytes:int|None=2**30, # inverses kept from scoring to update, over all layers; the rest are built again
+               cache_bytes:int|None=2**30, # inverses kept from scoring to update (and, in training, to the next step), over all layers
                scale_prune_update:float=1., # fraction of the OBS update applied to the survivors (0: none, as OBD)
                recompute_schedule:str='geometric', # the steps' targets with `recompute`: 'geometric' or 'poly'
                recompute_degree:float=3, # degree of the 'poly' schedule
                device=None,          # where the inverses are built and kept: a device ('cpu' spares GPU memory) or several, a layer each; default the weight's
-               woodtaylor:bool=False): # add the first-order term of the mean gradient (`'grad'`): WoodTaylor
+               woodtaylor:bool=False, # add the first-order term of the mean gradient (`'grad'`): WoodTaylor
+               dynamic:bool=True):   # in training, keep each explicit inverse from one pruning step to the next and update it; False: rebuild it every step
     "OBS saliency `w_q²/(2[F̂⁻¹]_qq)` with a block-diagonal inverse empirical Fisher, and the OBS update of the survivors"
-    wf = _WoodFisher(block_size, n_grads, damp, form, float_dtype(dtype), cache_bytes, scale_prune_update, device, woodtaylor)
-    return Criteria(wf.scores, needs=('grads', 'grad') if woodtaylor else ('grads',), name='woodfisher', update=wf.update,
+    wf = _WoodFisher(block_size, n_grads, damp, form, float_dtype(dtype), cache_bytes, scale_prune_update, device, woodtaylor, dynamic)
+    crit = Criteria(wf.scores, needs=('grads', 'grad') if woodtaylor else ('grads',), name='woodfisher', update=wf.update,
                     recompute=recompute, slow=True,
                     recompute_schedule=recompute_schedule, recompute_degree=recompute_degree)
+    crit.n_grads = wf.n_grads  # for `SparsifyCallback`, which keeps that many
+    return crit
 
 register_criteria(woodfisher)
 

@@ -21,7 +21,7 @@ from ..core.layers import prunable_layers
 from ..core.schedule import Schedule, agp
 from ..criteria.base import get_criteria, magnitude
 from ..stats.kinds import kinds_from
-from ..stats.train import TrainStats
+from ..stats.train import TrainStats, check_n_grads, most_grads
 from .sparsifier import Sparsifier
 
 # %% auto #0
@@ -46,7 +46,7 @@ class SparsifyCallback(Callback):
                  granularity='weight',       # a name in `granularities`, 'AxB' blocks, or a `Granularity`
                  context:str='global',       # 'local': one threshold per layer; 'global': one for the model
                  criteria=magnitude,         # a `Criteria`, its name, or `f(layer) -> Tensor`
-                 schedule=agp,               # a `Schedule` (or `f(pct) -> fraction of the target`)
+                 schedule=agp.window(0.2, 0.8), # a `Schedule` (or `f(pct) -> fraction of the target`); default: agp over 20-80% of training
                  nm=None,                    # True for 2:4, or (n, m): keep n of every m inputs
                  round_to:int|None=None,     # kept units of each layer become a multiple of this
                  layer_type=None,            # the module types that are pruned; default `prunable_types()`
@@ -57,13 +57,15 @@ class SparsifyCallback(Callback):
                  start_epoch:int=0,          # the schedule starts at this epoch
                  end_epoch:int|None=None,    # and ends at this one (None: the end of training)
                  every:int|None=None,        # check the target every this many batches (None: about 200 times per fit)
-                 n_grads:int=256,            # gradients kept for criteria needing 'grads' (WoodFisher)
-                 decay:float|None=None,      # running-average weight of past statistics (None: plain mean)
+                 n_grads:int|dict|None=None, # gradients kept for criteria needing 'grads' (WoodFisher), or `{sparsity: count}`; None: the criterion's, else 256
+                 decay:float|None=0.99,      # running-average weight of past statistics (None: plain mean since the first step)
                  frozen:str='wait',          # a fit that freezes prunable layers: 'wait' (prune in a later fit) or 'prune'
                  disable_wd_after_prune:bool=False, # weight decay off once pruning has begun (WoodFisher's `disable_wdecay_after_prune`)
-                 regrow:bool|None=None):     # revive pruned weights when the schedule lowers the target (`dsd`); default: if it does
-        store_attr('granularity,context,criteria,schedule,nm,round_to,layer_type,ignore,nm_skip,lth,rewind_epoch,start_epoch,end_epoch,every,n_grads,decay,frozen,disable_wd_after_prune,regrow')
-        self.sparsity = _fraction(sparsity)
+                 regrow:bool|None=None,      # revive pruned weights when the schedule lowers the target (`dsd`); default: if it does
+                 grads_dtype=None,           # dtype of the kept gradients (torch.bfloat16 halves their memory); default float32
+                 grads_device=None):         # where the kept gradients live ('cpu': off the GPU); default each weight's device
+        store_attr('granularity,context,criteria,schedule,nm,round_to,layer_type,ignore,nm_skip,lth,rewind_epoch,start_epoch,end_epoch,every,decay,frozen,disable_wd_after_prune,regrow,grads_dtype,grads_device')
+        self.sparsity,self.n_grads = _fraction(sparsity),None if n_grads is None else check_n_grads(n_grads)
         positive_int(every, 'every', none_ok=True); positive_int(round_to, 'round_to', none_ok=True)
         get_granularity(granularity); get_context(context); get_criteria(criteria); parse_nm(nm)
         if not (isinstance(schedule, Schedule) or callable(schedule)):
@@ -83,11 +85,11 @@ class SparsifyCallback(Callback):
         if hasattr(self.learn, 'lr_finder'): self.run = False; return  # lr_find is not training
         model = get_model(self.learn.model)
         self._sched = self._check_schedule()
+        self._every = self.every or max(1, round(self.n_epoch * len(self.dls.train) / 200))
         if self.sparsifier is None or self.sparsifier.model is not model: self._setup(model)
         self._hook(model)
         self._waiting = self._check_frozen()
         self.target,self._metric = None,ValueMetric(self.current_sparsity, 'sparsity')
-        self._every = self.every or max(1, round(self.n_epoch * len(self.dls.train) / 200))
         # a fit that ended in an exception skipped `after_fit`: its metric is dropped here, not added twice
         self.learn.metrics = [m for m in self.learn.metrics if getattr(m, 'func', None) != self.current_sparsity] + [self._metric]
 
@@ -182,7 +184,7 @@ def _setup(self:SparsifyCallback, model:nn.Module):
         raise ValueError(f"criteria={crit.name!r} has recompute={crit.recompute}: during training the statistics are "
                          f"collected continuously and the schedule prunes in steps; pass recompute=1")
     layers = prunable_layers(model, self.layer_type, self.ignore)
-    stats = TrainStats(layers, crit.needs, self.n_grads, self.decay) if crit.needs else None
+    stats = self._train_stats(layers, crit) if crit.needs else None
     sp = Sparsifier(model, self.granularity, self.context, crit, self.nm, self.layer_type, stats and stats.result(),
                     nm_skip=self.nm_skip, ignore=self.ignore)
     if stats is not None: stats.only(sp.layers)  # no statistics per step for the layers it leaves dense (tied, N:M-skipped)
@@ -191,6 +193,23 @@ def _setup(self:SparsifyCallback, model:nn.Module):
     self._regrown_step = None
     if self._pending: self._restore(self._pending)
     self._pending = None
+
+@patch
+def _grads_count(self:SparsifyCallback, crit):
+    "The gradients to keep: `n_grads`, or the criterion's (`woodfisher(n_grads=)`), which must agree when both are given"
+    own = getattr(crit, 'n_grads', None)
+    if self.n_grads is not None and own is not None and check_n_grads(own) != self.n_grads:
+        raise ValueError(f"SparsifyCallback(n_grads={self.n_grads!r}) and criteria={crit.name!r} with n_grads={own!r} "
+                         f"disagree: give the count to one of them (left at None, the other follows it)")
+    return self.n_grads or own or 256
+
+@patch
+def _train_stats(self:SparsifyCallback, layers:dict, crit) -> TrainStats:
+    "The statistics `crit` needs; kept gradients get `every` rows of slack when that is at most half of them"
+    n = self._grads_count(crit)
+    # the rows that left the window since the last pruning step, for criteria that update rather than rebuild
+    slack = self._every if 2 * self._every <= most_grads(n) else 0
+    return TrainStats(layers, crit.needs, n, self.decay, slack, self.grads_dtype, self.grads_device)
 
 @patch
 def _check_frozen(self:SparsifyCallback) -> bool:

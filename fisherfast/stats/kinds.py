@@ -12,8 +12,8 @@ from ..core.args import registrar
 from ..core.layers import is_transposed, oriented_weight
 
 # %% auto #0
-__all__ = ['stat_kinds', 'register_stat', 'as_float', 'Statistic', 'RowBuffer', 'Rows', 'kinds_from', 'check_kinds', 'input_rows',
-           'check_input_layers']
+__all__ = ['stat_kinds', 'register_stat', 'as_float', 'Statistic', 'RowBuffer', 'RowWindow', 'Rows', 'kinds_from', 'check_kinds',
+           'input_rows', 'check_input_layers']
 
 # %% ../../nbs/stats/kinds.ipynb #96088e66
 def as_float(t:torch.Tensor) -> torch.Tensor:
@@ -29,9 +29,10 @@ class Statistic:
                  f:Callable,                    # `f(rows) -> Tensor`: what a batch of float32 rows adds to the sum
                  finish:Callable|None=None,     # `finish(total, n) -> Tensor` from the sum of n rows; default total / n
                  weight_shaped:bool=False,      # reported in the weight's stored shape (per-weight statistics)
+                 fused:Callable|None=None,      # `fused(accs, rows, weight)`: adds one row per layer to every sum at once, in place (`torch._foreach_*`)
                  doc:str=''):                   # one line saying what it is, for tables and errors
         if source not in ('grad', 'input'): raise ValueError(f"source={source!r} must be 'grad' or 'input'")
-        self.name,self.source,self.f,self.weight_shaped,self.doc = name,source,f,weight_shaped,doc
+        self.name,self.source,self.f,self.weight_shaped,self.fused,self.doc = name,source,f,weight_shaped,fused,doc
         self.finish = finish or (lambda total, n: total / n)
 
     def __repr__(self): return f"Statistic({self.name!r}, source={self.source!r})"
@@ -75,10 +76,12 @@ class RowBuffer:
     def add(self, rows:torch.Tensor, ok:torch.Tensor|None=None):
         "Append `rows` (in a ring, not where the 0-d bool `ok` is False: that slot keeps its row)"
         rows,cap = rows.to(self.buf),len(self.buf)
+        if ok is not None: ok = ok.to(self.buf.device)  # a GPU's verdict on rows kept on the CPU
         if self.ring:
             for r in rows[-cap:]:
                 slot = self.buf[self.n % cap]
-                slot.copy_(r if ok is None else torch.where(ok, r, slot))
+                if ok is None: slot.copy_(r)
+                else: torch.where(ok, r, slot, out=slot)
                 self.n += 1
             self.n += max(0, len(rows) - cap)
             return
@@ -86,11 +89,48 @@ class RowBuffer:
         else: self.buf[self.n:self.n + len(rows)] = rows
         self.n += len(rows)
 
+    @property
+    def held(self) -> int:
+        "How many rows it holds: all those added, or a ring's last `capacity`"
+        return min(self.n, len(self.buf)) if self.ring else self.n
+
+    def rows(self, start:int, stop:int) -> torch.Tensor:
+        "The rows added `start`-th to `stop`-th (counted from the first ever added), oldest first: a view where the ring does not wrap"
+        if not self.n - self.held <= start <= stop <= self.n:
+            raise IndexError(f"rows({start}, {stop}): the buffer holds the rows {self.n - self.held} to {self.n} only")
+        first = start % len(self.buf) if self.ring else start
+        if first + stop - start <= len(self.buf): return self.buf[first:first + stop - start]
+        return self.buf[torch.arange(start, stop, device=self.buf.device) % len(self.buf)]
+
     def result(self) -> torch.Tensor:
         "The rows, oldest first"
         cap = len(self.buf)
         if self.ring and self.n > cap: return self.buf.roll(-(self.n % cap), 0)
         return self.buf if self.n == cap else self.buf[:self.n].clone()
+
+    def load(self, t:torch.Tensor):
+        "Take the rows of `t`, a saved `buf` (`n` set first); a ring of another capacity keeps the newest rows both hold"
+        if not self.ring: self.buf = t.to(self.buf, copy=True); return
+        buf,pos = self.buf.new_zeros(self.buf.shape),torch.arange(max(0, self.n - min(len(t), len(self.buf))), self.n)
+        buf[pos % len(buf)] = t[pos % len(t)].to(buf)
+        self.buf = buf  # a new tensor: what was computed from the old rows is no longer current
+
+class RowWindow:
+    "The newest rows of a ring `RowBuffer`, as training hands them to criteria: read by count or position, never copied whole"
+    def __init__(self, buffer:RowBuffer, n_grads):
+        self.buffer,self.n_grads = buffer,n_grads  # `n_grads`: the count, or `{sparsity: count}`, criteria should read
+
+    def __repr__(self): return f"RowWindow({self.buffer.held} of {self.n} rows, n_grads={self.n_grads!r})"
+
+    @property
+    def n(self) -> int: return self.buffer.n  # rows added so far: the position after the newest
+
+    def last(self, m:int|None=None, ordered:bool=True) -> torch.Tensor:
+        "The newest `m` rows (default the largest count of `n_grads`; fewer if fewer are held), oldest first unless not `ordered`"
+        if m is None: m = max(self.n_grads.values()) if isinstance(self.n_grads, dict) else self.n_grads
+        held = self.buffer.held
+        if not ordered and m >= held: return self.buffer.buf[:held]  # all it holds, in the ring's order: no copy
+        return self.buffer.rows(self.n - min(m, held), self.n)
 
 class Rows(Statistic):
     "The rows themselves (gradients, one per sample or step), kept in a `RowBuffer`"
@@ -117,7 +157,7 @@ class Rows(Statistic):
         acc.n = len(acc.buf)
         return acc
     def state(self, acc): return acc.buf
-    def load(self, acc, t): acc.buf.copy_(t); return acc
+    def load(self, acc, t): acc.load(t); return acc
 
 # %% ../../nbs/stats/kinds.ipynb #d041cdcd
 stat_kinds = {}
@@ -142,8 +182,11 @@ def check_kinds(kinds, source:str|None=None, who:str='calibrate') -> tuple:
 
 def _sq(r): return r.square().sum(0)
 
-for _s in [Statistic('fisher_diag', 'grad', _sq, weight_shaped=True, doc='mean squared gradient: the eFIM diagonal'),
-           Statistic('grad', 'grad', lambda r: r.sum(0), weight_shaped=True, doc='mean gradient'),
+def _sq_rows(accs, rows, w): torch._foreach_addcmul_(accs, rows, rows, value=w)
+def _sum_rows(accs, rows, w): torch._foreach_add_(accs, rows, alpha=w)
+
+for _s in [Statistic('fisher_diag', 'grad', _sq, weight_shaped=True, fused=_sq_rows, doc='mean squared gradient: the eFIM diagonal'),
+           Statistic('grad', 'grad', lambda r: r.sum(0), weight_shaped=True, fused=_sum_rows, doc='mean gradient'),
            Rows('grads', doc='the gradients, one flattened row each'),
            Statistic('act_norm', 'input', _sq, lambda t, n: t.sqrt(), doc='L2 norm of each input column'),
            Statistic('xtx', 'input', lambda r: r.T @ r, lambda t, n: t, doc='sum of x xᵀ over the input rows')]:
