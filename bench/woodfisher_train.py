@@ -31,11 +31,9 @@ gradients kept in bfloat16; and shows the error that the float32 defaults give.
 import argparse, json, resource, statistics, subprocess, sys, time, warnings
 warnings.filterwarnings('ignore')
 import torch, torch.nn as nn, torch.nn.functional as F
-from fastcore.basics import chunked
 from fastai.callback.core import Callback
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
 from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
@@ -44,6 +42,7 @@ from fisherfast.core.schedule import agp
 from fisherfast.criteria.obs import woodfisher
 from fisherfast.data import fashion_cnn, fashion_mnist_tensors
 from fisherfast.sparse.callback import SparsifyCallback
+from gradual import TensorDL, TrainTimer  # bench/ is on the path when a bench runs
 
 GOAL_CALLBACK = 0.25  # callback time per epoch, as a fraction of a dense epoch
 GOAL_ACCURACY = -0.2  # points of accuracy new may trail old by on a seed and still count as no loss (run-to-run noise)
@@ -71,21 +70,6 @@ def resnet_cnn(width=8, seed=0) -> nn.Sequential:
 MODELS = {'bench CNN': (lambda seed: fashion_cnn(hidden=24, seed=seed), 24000),
           'resnet CNN': (resnet_cnn, 24000)}
 
-
-class TensorDL(DataLoader):
-    "Batches sliced from in-memory tensors, reshuffled every epoch"
-    def __init__(self, x, y, **kwargs): super().__init__(range(len(x)), **kwargs); self.x,self.y = x,y
-    def create_batches(self, samps):
-        for idx in chunked(list(samps), self.bs, drop_last=self.drop_last):
-            idx = torch.tensor(idx)
-            yield self.x[idx], self.y[idx]
-
-class TrainTimer(Callback):
-    "Seconds of the training phase of every epoch"
-    order = 100
-    def before_fit(self): self.times = []
-    def before_train(self): self.t0 = time.perf_counter()
-    def after_train(self): self.times.append(time.perf_counter() - self.t0)
 
 class _Mark(Callback):
     "Starts or stops `timer` around the step events of the callbacks ordered between two marks"
