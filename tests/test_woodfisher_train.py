@@ -5,6 +5,7 @@ import torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
 
+from fisherfast.core.schedule import agp
 from fisherfast.criteria.obs import block_inverse, woodfisher
 from fisherfast.data import digits_learner, digits_tensors
 from fisherfast.sparse.callback import SparsifyCallback
@@ -14,6 +15,8 @@ B,DAMP = 32,1e-3
 
 
 def fit(cb, epochs=3, extra=()):
+    "Train the digits MLP with `cb` (its schedule agp over the whole fit, whatever the callback's default)"
+    cb.schedule = agp
     learn = digits_learner(0, digits_tensors(0), 64, wd=0.1)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, 1e-2, cbs=[cb, *extra])
     return learn
