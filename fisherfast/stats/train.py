@@ -92,13 +92,13 @@ class TrainStats:
         # a sum is finite unless an entry is NaN or inf (it reads the gradient once, 15× faster than `isfinite().all()`);
         # a tensor: no host sync per step
         ok = torch.stack([g.sum(dtype=torch.float32) for g in grads.values()]).isfinite().all()
-        # on the CPU reading `ok` costs nothing: a skipped step is skipped in Python, and the kinds that can add every
-        # layer's row in one `torch._foreach_*` call do (5× faster than a few small ops per layer and kind)
+        # on the CPU reading `ok` costs nothing: the kinds that can add every layer's row in one `torch._foreach_*` call
+        # do (5× faster than a few small ops per layer and kind), and skip a bad step in Python; kept rows still advance
         cpu = ok.device.type == 'cpu'
-        if cpu and not ok: self.n_skipped += 1; self.n += 1; return
         for k in self.kinds:
             s,accs = stat_kinds[k],[self.acc[k][n] for n in grads]
             if cpu and s.fused and all(g.dtype == a.dtype for g,a in zip(grads.values(), accs)):
+                if not ok: continue
                 if b: torch._foreach_mul_(accs, b)
                 s.fused(accs, [g.view(-1) for g in grads.values()], 1 - b if b else 1.)
                 continue
