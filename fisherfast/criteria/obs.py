@@ -17,8 +17,8 @@ from ..stats.train import check_n_grads, count_at
 
 # %% auto #0
 __all__ = ['to_blocks', 'from_blocks', 'grad_blocks', 'block_inverse', 'ImplicitInverse', 'ExplicitInverse', 'obs_scores',
-           'obs_update', 'slide_window', 'eliminate_weights', 'woodfisher', 'sparsegpt_hessian', 'hinv_cholesky',
-           'sparsegpt_sweep', 'sparsegpt']
+           'obs_update', 'filling_count', 'slide_window', 'eliminate_weights', 'woodfisher', 'sparsegpt_hessian',
+           'hinv_cholesky', 'sparsegpt_sweep', 'sparsegpt']
 
 # %% ../../nbs/criteria/obs.ipynb #e2c78e9a
 def to_blocks(x:torch.Tensor, block_size:int) -> torch.Tensor:
@@ -214,6 +214,12 @@ def obs_update(inv, w:torch.Tensor, prune:torch.Tensor, G:torch.Tensor|None=None
     if isinstance(inv, ImplicitInverse): return _obs_implicit(G, damp, w, prune)
     return _obs_explicit(inv.inv if isinstance(inv, ExplicitInverse) else inv, w, prune, damp if eliminate else None)
 
+# %% ../../nbs/criteria/obs.ipynb #9c498cda
+def filling_count(n:int, held:int) -> int:
+    "The gradients an inverse of a training window of `n` is of when `held` rows are in: `n`, else the largest of n·(2/3)^j held"
+    while n > held > 0: n = max(1, 2 * n // 3)
+    return min(n, held)
+
 # %% ../../nbs/criteria/obs.ipynb #00f8360f
 def slide_window(inv:torch.Tensor,      # `(n_blocks, B, B)` inverse blocks of `λI + GᵀG/m`, changed in place
                  arrive:torch.Tensor,   # `(k, d)` gradient rows that join (masked like the others)
@@ -302,9 +308,8 @@ class _WoodFisher:
 
     def count(self, grads, alive:torch.Tensor) -> int:
         "How many gradients the inverse of a layer with `alive` weights is of: its sparsity's count (a window's `n_grads` in training), at most those held"
-        schedule = grads.n_grads if isinstance(grads, RowWindow) else self.n_grads or 256
-        held = grads.buffer.held if isinstance(grads, RowWindow) else len(grads)
-        return min(count_at(schedule, 1 - float(alive.float().mean())), held)
+        if not isinstance(grads, RowWindow): return min(count_at(self.n_grads or 256, 1 - float(alive.float().mean())), len(grads))
+        return filling_count(count_at(grads.n_grads, 1 - float(alive.float().mean())), grads.buffer.held)
 
     def _alive(self, layer:LayerView, w:torch.Tensor) -> torch.Tensor:
         "The weights still alive: nonzero and kept by the layer's mask (an optimizer step moves pruned weights off zero)"
@@ -316,7 +321,8 @@ class _WoodFisher:
         "The inverse of `m` gradients masked to `alive`, kept in the layer's cache while `cache_bytes` allows"
         # GᵀG does not depend on the order of the rows: a window that is the whole ring is read in place
         G = (grads.last(m, ordered=False) if isinstance(grads, RowWindow) else grads[:m]).to(device=w.device)
-        if self.form == 'implicit' or (self.form == 'auto' and m < self.block_size):
+        # implicit is the cheaper build below `block_size` gradients, but only an explicit inverse can follow a training window
+        if self.form == 'implicit' or (self.form == 'auto' and m < self.block_size and not self._follows(grads, None)):
             G = grad_blocks(G, self.block_size).to(self.dtype).mul_(to_blocks(alive.to(self.dtype), self.block_size)[:, None])
             inv = ImplicitInverse(G, self.damp)
         else:  # blocked, converted and masked a chunk at a time; the explicit update does not need `G` again
