@@ -103,3 +103,27 @@ def test_sparsegpt_prune_same_on_conv1d_and_linear(nm):
     assert len(sps[0].masks) == 8 and 'lm_head' not in sps[0].masks  # every Conv1D; the lm_head is the embedding
     check_same(conv, lin, sps[0].masks, sps[1].masks)
     for n,mk in sps[0].masks.items(): assert bool((conv.get_submodule(n).weight[~mk] == 0).all()), n
+
+def train_stats(model, n_grads, steps=8):
+    "`TrainStats` of the kept gradients of every Conv1D/Linear block layer over `steps` backward passes, as training collects them"
+    layers = {n: m for n,m in model.named_modules() if isinstance(m, (Conv1D, nn.Linear)) and n != 'lm_head'}
+    ts = TrainStats(layers, ('grads',), n_grads=n_grads)
+    for i in range(steps):
+        model.zero_grad()
+        ids = IDS[i % 2 * 4:][:4]
+        lm_loss(model(ids), ids).backward()
+        ts.update()
+    return ts
+
+def test_training_window_same_on_conv1d_and_linear():
+    "In training WoodFisher reads a Conv1D's window (and its `{sparsity: count}` schedule) as a Linear's"
+    conv,lin = pair()
+    sps = []
+    for model in (conv, lin):
+        window = train_stats(model, {0.: 3, 0.4: 6}).result()['grads']['transformer.h.0.attn.c_attn']
+        assert isinstance(window, RowWindow) and window.n_grads == {0.: 3, 0.4: 6}
+        sp = Sparsifier(model, 'weight', 'global', woodfisher(block_size=32, damp=1e-3), stats=train_stats(model, {0.: 3, 0.4: 6}).result())
+        sps.append(sp.sparsify_model(0.5))
+    check_same(conv, lin, sps[0].masks, sps[1].masks)
+    rows = [train_stats(m, 4).result()['grads']['transformer.h.1.mlp.c_fc'].last() for m in (conv, lin)]
+    torch.testing.assert_close(rows[0], rows[1], rtol=1e-9, atol=1e-12)  # (out, in) order, as the Linear's

@@ -158,7 +158,7 @@ class PrunedLayer:
 
     def orient(self, t:torch.Tensor) -> torch.Tensor:
         "A tensor of the stored weight's shape, or `(rows, numel)` gradients of it, in `(out, in, *kernel)` order"
-        if not self.transposed: return t
+        if not self.transposed or not isinstance(t, torch.Tensor): return t  # training's `RowWindow` orients its own rows
         raw = self.module.weight.shape
         if t.shape == raw: return t.t()
         if t.dim() == 2 and t.shape[1] == raw.numel(): return t.view(-1, *raw).transpose(1, 2).reshape(t.shape[0], -1)

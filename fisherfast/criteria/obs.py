@@ -347,7 +347,7 @@ class _WoodFisher:
         if bool((drop := kept.alive & ~alive).any()): eliminate_weights(inv, to_blocks(drop, B), self.damp)
         k = grads.n - kept.stop
         if k:
-            rows = lambda start: self._on(grads.buffer.rows(start, start + k), layer).to(self.dtype) * alive
+            rows = lambda start: self._on(grads.rows(start, start + k), layer).to(self.dtype) * alive
             slide_window(inv, rows(kept.stop), rows(kept.stop - kept.m), kept.m)
         kept.alive,kept.stop,kept.fresh = alive,grads.n,kept.fresh + k
 

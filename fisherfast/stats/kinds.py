@@ -117,8 +117,9 @@ class RowBuffer:
 
 class RowWindow:
     "The newest rows of a ring `RowBuffer`, as training hands them to criteria: read by count or position, never copied whole"
-    def __init__(self, buffer:RowBuffer, n_grads):
-        self.buffer,self.n_grads = buffer,n_grads  # `n_grads`: the count, or `{sparsity: count}`, criteria should read
+    def __init__(self, buffer:RowBuffer, n_grads,
+                 stored:tuple|None=None): # the `(in, out)` shape of a weight stored transposed (GPT-2's `Conv1D`): rows read as `(out, in)`
+        self.buffer,self.n_grads,self.stored = buffer,n_grads,stored  # `n_grads`: the count, or `{sparsity: count}`, criteria should read
 
     def __repr__(self): return f"RowWindow({self.buffer.held} of {self.n} rows, n_grads={self.n_grads!r})"
 
@@ -129,8 +130,16 @@ class RowWindow:
         "The newest `m` rows (default the largest count of `n_grads`; fewer if fewer are held), oldest first unless not `ordered`"
         if m is None: m = max(self.n_grads.values()) if isinstance(self.n_grads, dict) else self.n_grads
         held = self.buffer.held
-        if not ordered and m >= held: return self.buffer.buf[:held]  # all it holds, in the ring's order: no copy
-        return self.buffer.rows(self.n - min(m, held), self.n)
+        if not ordered and m >= held: return self._orient(self.buffer.buf[:held])  # all it holds, in the ring's order
+        return self.rows(self.n - min(m, held), self.n)
+
+    def rows(self, start:int, stop:int) -> torch.Tensor:
+        "The rows added `start`-th to `stop`-th, oldest first, as `RowBuffer.rows`"
+        return self._orient(self.buffer.rows(start, stop))
+
+    def _orient(self, rows:torch.Tensor) -> torch.Tensor:
+        if self.stored is None: return rows
+        return rows.view(len(rows), *self.stored).transpose(1, 2).reshape(len(rows), -1)
 
 class Rows(Statistic):
     "The rows themselves (gradients, one per sample or step), kept in a `RowBuffer`"

@@ -115,9 +115,8 @@ class TrainStats:
         def norm(c): return (1 - self.decay ** c).clamp_min(1e-12) if self.decay else c.clamp_min(1)
         def one(k, n, a):
             if not stat_kinds[k].rows: return stat_kinds[k].result(a, norm(self.counts[n]), self.layers[n])
-            window = RowWindow(a, self.n_grads)
-            # `LayerView.stat` re-orders the rows of a layer stored transposed (GPT-2's Conv1D): those need a tensor
-            return window.last() if is_transposed(self.layers[n]) else window
+            m = self.layers[n]
+            return RowWindow(a, self.n_grads, tuple(m.weight.shape) if is_transposed(m) else None)  # rows read as `(out, in)`
         return {k: {n: one(k, n, a) for n,a in self.acc[k].items()} for k in self.kinds}
 
     def state_dict(self) -> dict:
