@@ -3,7 +3,7 @@ Imports torch, transformers and safetensors only, so that it runs in either venv
 
 Two pretrained causal LMs of different families, each cached in its own folder of models/: 'llama' (rotary positions,
 RMSNorm, SwiGLU, Linear layers) and 'gpt2' (learned positions, LayerNorm, GELU, transformers' Conv1D layers, tied head)."""
-import json, resource, sys, time
+import json, resource, time
 from pathlib import Path
 import torch
 

@@ -20,7 +20,7 @@ weights, and this process measures every perplexity with one function.
     .venv/bin/python bench/llm_oneshot.py --no-peer       # ours only
     .venv/bin/python bench/llm_oneshot.py --models gpt2 --methods sparsegpt admm --targets 0.7
 """
-import argparse, json, math, os, subprocess, sys, tempfile, time, warnings
+import argparse, json, os, subprocess, sys, tempfile, time, warnings
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, os.path.dirname(__file__))
 from pathlib import Path

@@ -14,7 +14,10 @@ the same multiply-adds: 2× and 3× fewer):
   16 images), each re-fitting every
   layer that lost inputs on the same `--calib` training images (`calib=`); and 'l2' without the re-fit;
 - fisherfast `PruneCallback({'macs': f})` with 'l2' and 'obd', which removes the channels during the fine-tune
-  (its default schedule: agp over 20–80% of it, 8 steps) instead of before it: no one-shot accuracy.
+  (its default schedule: agp over 20–80% of it, 8 steps) instead of before it: no one-shot accuracy;
+- with `--allocation global`, fisherfast's one-shot rows also with `Pruner(allocation='global')`: the same MACs, but
+  the channels of least score per multiply-add removed first across the model (each group at most 90%), so the
+  groups lose different shares (the peers stay uniform).
 
 Accuracy on the 10k test images one-shot (no fine-tuning), then after the same fine-tune for every method
 (`--ft-epochs` of fastai's `fit_one_cycle` at `--ft-lr` on the training subset); parameters and MACs
@@ -26,6 +29,7 @@ saved whole with `torch.save`, loaded back (`torch.load(weights_only=False)`, ou
     .venv/bin/python bench/structured.py                 # about 40 minutes on 2 idle threads (training the cache: 6 of them)
     .venv/bin/python bench/structured.py --seeds 0 1 2   # the fine-tune and calibration subsets over three seeds
     .venv/bin/python bench/structured.py --latency-only --reps 50   # the pruned architectures' speed-up alone, ~1 minute
+    .venv/bin/python bench/structured.py --allocation uniform global --methods 'fisherfast l2 +' 'fisherfast obd +'
 """
 import argparse, copy, io, time, warnings, contextlib
 from pathlib import Path
@@ -95,15 +99,16 @@ def fasterai_prune(model, example, ratio, round_to):
     return model
 
 
-def methods(ratio, round_to, calib, stats, example):
-    ours = lambda crit, cal: lambda m: Pruner(m, example, crit, ratio, stats=stats, calib=cal, round_to=round_to).prune()
+def methods(ratio, round_to, calib, stats, example, allocations=('uniform',)):
+    ours = lambda crit, cal, alloc: lambda m: Pruner(m, example, crit, ratio, stats=stats, calib=cal, round_to=round_to,
+                                                      allocation=alloc).prune()
+    label = lambda alloc: '' if alloc == 'uniform' else f' ({alloc})'
     return {
         'torch-pruning magnitude (L2)': lambda m: tp_prune(m, example, ratio, round_to, tp.importance.MagnitudeImportance(p=2)),
         'torch-pruning taylor': lambda m: tp_prune(m, example, ratio, round_to, tp.importance.TaylorImportance(), calib),
         'fasterai 0.4.1 large_final': lambda m: fasterai_prune(m, example, ratio, round_to),
-        'fisherfast l2, no re-fit': ours('l2', None),
-        'fisherfast l2 + re-fit': ours('l2', calib),
-        'fisherfast obd + re-fit': ours('obd', calib),
+        **{f'fisherfast {name}{label(alloc)}': ours(crit, cal, alloc) for alloc in allocations
+           for name, crit, cal in (('l2, no re-fit', 'l2', None), ('l2 + re-fit', 'l2', calib), ('obd + re-fit', 'obd', calib))},
     }
 
 
@@ -121,10 +126,12 @@ def latency_table(dense, example, xv, lat0, a):
     "The speed-up of the architecture every method reaches at each MACs target, with `--reps` timed runs each"
     torch.set_num_threads(1)
     for f in a.macs:
-        m = Pruner(copy.deepcopy(dense), example, 'l2', {'macs': f}, round_to=a.round_to).prune()
-        lat = {bs: latency_ms(m, xv[:bs], a.reps) for bs in (1, 64)}
-        print(f"{1 / (1 - f):.0f}x fewer MACs: {lat[1]:.2f} ms (batch 1), {lat[64]:.1f} ms (batch 64): speed-up "
-              f"{lat0[1] / lat[1]:.2f}x and {lat0[64] / lat[64]:.2f}x")
+        for alloc in a.allocation:  # 'global': the architecture of l2's ranking (another criterion gives another one)
+            m = Pruner(copy.deepcopy(dense), example, 'l2', {'macs': f}, round_to=a.round_to, allocation=alloc).prune()
+            lat = {bs: latency_ms(m, xv[:bs], a.reps) for bs in (1, 64)}
+            macs = tp.utils.count_ops_and_params(m, example)[0] / tp.utils.count_ops_and_params(dense, example)[0]
+            print(f"{1 / (1 - f):.0f}x fewer MACs, {alloc} (MACs {macs:.3f}): {lat[1]:.2f} ms (batch 1), {lat[64]:.1f} ms (batch 64): "
+                  f"speed-up {lat0[1] / lat[1]:.2f}x and {lat0[64] / lat[64]:.2f}x")
 
 
 def portable(model, x) -> str:
@@ -152,6 +159,9 @@ def main():
     p.add_argument('--round-to', type=int, default=8, help='kept channel counts a multiple of this, for every method')
     p.add_argument('--threads', type=int, default=2, help='torch threads for training and pruning (latency: always 1)')
     p.add_argument('--reps', type=int, default=20, help='timed runs per latency')
+    p.add_argument('--allocation', nargs='+', default=['uniform'], choices=['uniform', 'global'],
+                   help="fisherfast's allocation of the removed channels among the groups (the peers' is uniform)")
+    p.add_argument('--methods', nargs='+', default=None, help='run only the methods whose name contains one of these')
     p.add_argument('--latency-only', action='store_true',
                    help='only the speed-up of the pruned architecture (the same for every method), timed alone on a quiet machine')
     a = p.parse_args()
@@ -181,7 +191,8 @@ def main():
             stats = calibrate(dense, batches(x[ci], y[ci], a.calib, bs=16), F.cross_entropy, n_samples=a.calib,
                               kinds=('fisher_diag',), per_sample=False, progress=False)
             gradual = {f'fisherfast PruneCallback {c} (during the fine-tune)': c for c in ('l2', 'obd')}
-            for name, fn in {**methods(ratio, a.round_to, calib, stats, example), **gradual}.items():
+            for name, fn in {**methods(ratio, a.round_to, calib, stats, example, a.allocation), **gradual}.items():
+                if a.methods and not any(s in name for s in a.methods): continue
                 m = copy.deepcopy(dense)
                 if name in gradual:  # no one-shot model: the channels go during the fine-tune, on its default schedule
                     t = time.perf_counter()

@@ -58,10 +58,12 @@ def test_vit_block_masked_ffn_neurons_equal_removed():
     torch.testing.assert_close(masked, removed, atol=1e-5, rtol=1e-5)
 
 
-def test_pruned_resnet_saves_reloads_and_exports_without_fisherfast(tmp_path):
+@pytest.mark.parametrize('allocation', ['uniform', 'global'])
+def test_pruned_resnet_saves_reloads_and_exports_without_fisherfast(tmp_path, allocation):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
-    small = Pruner(resnet18(num_classes=10).eval(), x, 'l2', {'macs': 0.5}, calib=[(x, torch.zeros(2, dtype=torch.long))]).prune()
+    small = Pruner(resnet18(num_classes=10).eval(), x, 'l2', {'macs': 0.5}, calib=[(x, torch.zeros(2, dtype=torch.long))],
+                   allocation=allocation).prune()
     assert all(type(m).__module__.startswith('torch') for m in small.modules())
     torch.save(small, tmp_path / 'small.pt')
     back = torch.load(tmp_path / 'small.pt', weights_only=False).eval()

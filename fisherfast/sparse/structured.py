@@ -4,7 +4,7 @@
 
 # %% ../../nbs/sparse/structured.ipynb #b14f3d53
 from __future__ import annotations
-import copy, statistics, time
+import copy, math, statistics, time
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -174,7 +174,9 @@ class Pruner:
                  calib=None,               # batches `(x, y)` or dicts of model inputs: with them, what remains is re-fitted
                  n_samples:int=1024,       # calibration samples taken from `calib`
                  damp:float=0.01,          # the re-fit's ridge, a fraction of the mean input energy
-                 heads:bool=False):        # a transformer: remove attention heads and FFN neurons, keep the hidden width
+                 heads:bool=False,         # a transformer: remove attention heads and FFN neurons, keep the hidden width
+                 allocation:str='uniform', # 'uniform': every group loses the same share; 'global': least score per unit of cost first
+                 max_ratio:float=0.9):     # with 'global', the largest share of any group's channels removed
         if criteria not in ('l1', 'l2', 'obd', 'obs'):
             raise ValueError(f"criteria={criteria!r} is not known; valid: 'l1', 'l2', 'obd', 'obs'")
         if criteria == 'obd' and (stats is None or 'fisher_diag' not in stats):
@@ -190,7 +192,12 @@ class Pruner:
         positive_int(n_samples, 'n_samples'); positive(damp, 'damp')
         if calib is not None and not hasattr(calib, '__iter__'):
             raise TypeError(f"calib={calib!r} must give batches (x, y) or dicts of model inputs: a DataLoader or a list of them")
-        self.calib,self.n_samples,self.damp,self.heads = calib,n_samples,damp,heads
+        if allocation not in ('uniform', 'global'):
+            raise ValueError(f"allocation={allocation!r} is not known; valid: 'uniform', 'global'")
+        if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio <= 1:
+            raise ValueError(f"max_ratio={max_ratio!r} must be a number in (0, 1], the largest share of a group removed")
+        if heads and allocation == 'global': raise ValueError("allocation='global' does not rank attention heads: use 'uniform' with heads=True")
+        self.calib,self.n_samples,self.damp,self.heads,self.allocation,self.max_ratio = calib,n_samples,damp,heads,allocation,max_ratio
         if heads: attention_heads(model)  # a model without attention fails here, untouched
         self.before = self.count(model)
 
@@ -210,14 +217,15 @@ class Pruner:
         with traceable(model): macs,params = tp.utils.count_ops_and_params(model, self.example_inputs)
         return int(macs),int(params)
 
-    def engine(self, model:nn.Module, ratio:float, steps:list|None=None, importance=None) -> tp.pruner.MetaPruner:
-        "torch-pruning's pruner removing `ratio` of every group of `model` (this model or a copy), in `steps` fractions of it"
+    def engine(self, model:nn.Module, ratio:float, steps:list|None=None, importance=None, ratios:dict|None=None) -> tp.pruner.MetaPruner:
+        "torch-pruning's pruner removing `ratio` of every group of `model` (this model or a copy), or `ratios[root name]`, in `steps` fractions of it"
         by_name = dict(model.named_modules())
         ignored = [by_name[self.names[m]] for m in self.ignore]
         names = {m: n for n,m in by_name.items()}
         fallback = tp.importance.MagnitudeImportance(p=2) if self.criteria == 'obs' else None  # a group no layer reads
         importance = importance or GroupScore(lambda m, out: self._score(m, names, out), fallback)
-        kw = dict(importance=importance, pruning_ratio=ratio, round_to=self.round_to)
+        kw = dict(importance=importance, pruning_ratio=ratio, round_to=self.round_to,
+                  pruning_ratio_dict={by_name[k]: v - 1e-6 for k,v in (ratios or {}).items()})  # a hair less: torch-pruning floors the kept count
         if steps is not None:  # torch-pruning's schedule: the ratio reached after each step, from 0
             kw.update(iterative_steps=len(steps), iterative_pruning_ratio_scheduler=lambda r, n: [0.] + [r * f for f in steps])
         if not self.heads: return tp.pruner.MetaPruner(model, self.example_inputs, ignored_layers=ignored, **kw)
@@ -233,20 +241,59 @@ class Pruner:
         if self.heads: update_heads(engine.model, engine.num_heads)
         return kept
 
+    def _size(self, kind:str):
+        "`model -> its size` in the unit of `kind`: 'macs', 'params' or 'latency' (ms on `example_inputs`)"
+        return {'macs': lambda m: self.count(m)[0], 'params': lambda m: self.count(m)[1],
+                'latency': lambda m: latency_ms(m, self.example_inputs)}[kind]
+
+    def _uniform(self, ratio:float) -> nn.Module:
+        "A copy of the model with `ratio` of every group removed: every group loses the same share whatever the ranking, rank by size"
+        pruned = copy.deepcopy(self.model)
+        self.step(self.engine(pruned, ratio, importance=tp.importance.MagnitudeImportance(p=2)))
+        return pruned
+
     def ratio(self) -> float:
         "The fraction of every group's channels that meets the target"
         if not isinstance(self.target, dict): return self.target
         (kind,f), = self.target.items()
-        size = {'macs': lambda m: self.count(m)[0], 'params': lambda m: self.count(m)[1],
-                'latency': lambda m: latency_ms(m, self.example_inputs)}[kind]
+        size = self._size(kind)
         dense = size(self.model)
         lo,hi = 0.,0.99  # the channel fraction that removes `f` of the size, by bisection on copies
         for _ in range(12):
             mid = (lo + hi) / 2
-            pruned = copy.deepcopy(self.model)  # every group loses the same share whatever the ranking: rank by size here
-            self.step(self.engine(pruned, mid, importance=tp.importance.MagnitudeImportance(p=2)))
-            lo,hi = (mid, hi) if 1 - size(pruned) / dense < f else (lo, mid)
+            lo,hi = (mid, hi) if 1 - size(self._uniform(mid)) / dense < f else (lo, mid)
         return hi
+
+    def allocate(self) -> dict:
+        "`{group root's name: fraction removed}` meeting the target, the channels of least score per unit of cost removed first"
+        if isinstance(self.target, dict): (kind,f), = self.target.items()
+        else: kind,f = 'macs',1 - self.count(self._uniform(self.target))[0] / self.before[0]  # a fraction: the MACs the uniform one removes
+        size,r,e = self._size(kind),self.round_to or 1,self.engine(self.model, 0.)
+        dense,names = size(self.model),{m: n for n,m in self.model.named_modules()}
+        groups = [(names[g[0].dep.target.module], s) for g in e.DG.get_all_groups(ignored_layers=e.ignored_layers,
+                  root_module_types=e.root_module_types) if (s := e.estimate_importance(g)) is not None]  # (root's name, channel scores)
+        def counts(c:list) -> list:  # channels removed per group for `c` wanted: kept a multiple of `r`, at most `max_ratio` removed
+            least = [math.ceil(max(len(s) * (1 - self.max_ratio), 1) / r) * r for _,s in groups]
+            return [len(s) - min(len(s), max(l, math.ceil((len(s) - k) / r) * r)) for (_,s),l,k in zip(groups, least, c)]
+        fractions = lambda c: {g: n / len(s) for (g,s),n in zip(groups, counts(c)) if n}
+        def pruned(c:list) -> nn.Module:  # a copy with about `c` channels of each group removed
+            m = copy.deepcopy(self.model)
+            self.step(self.engine(m, 0., ratios=fractions(c)))
+            return m
+        def cost(i:int) -> float:  # what one channel of group `i` carries, from half of it removed on a copy
+            c = [len(s) // 2 if j == i else 0 for j,(_,s) in enumerate(groups)]
+            return max(dense - size(pruned(c)), 1e-9 * dense) / max(counts(c)[i], 1)
+        norm = (lambda s: s) if self.criteria == 'obd' else (lambda s: s / s.mean().clamp_min(1e-30))  # OBD is in loss units already
+        rank = torch.cat([norm(s.float().cpu()) / cost(i) for i,(_,s) in enumerate(groups)])
+        owner = torch.cat([torch.full((len(s),), i) for i,(_,s) in enumerate(groups)])[rank.argsort()]
+        share = lambda n: torch.bincount(owner[:n], minlength=len(groups)).tolist()  # the `n` cheapest channels, per group
+        if 1 - size(pruned(share(len(owner)))) / dense < f:
+            raise ValueError(f"target={self.target!r} cannot be met removing at most max_ratio={self.max_ratio} of every group")
+        lo,hi = -1,len(owner)  # the fewest cheapest channels that remove `f` of the size (none, maybe), by bisection on copies
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo,hi = (mid, hi) if 1 - size(pruned(share(mid))) / dense < f else (lo, mid)
+        return fractions(share(hi))
 
     def _batches(self) -> list:
         "The first `n_samples` samples of `calib`, as batches on the model's device"
@@ -261,11 +308,12 @@ class Pruner:
 
     def prune(self) -> nn.Module:
         "The model with the channels removed (the one given, changed in place), re-fitted on `calib` when given"
-        ratio,self.before_ms = self.ratio(),latency_ms(self.model, self.example_inputs)
         batches,dense = (None,None) if self.calib is None else (self._batches(),copy.deepcopy(self.model))
         if self.criteria == 'obs' and (self.stats is None or 'xtx' not in self.stats):
             self.stats = calibrate(self.model, batches, None, n_samples=self.n_samples, kinds=('xtx',), progress=False)
-        self.kept_in,self.kept_out = self.step(self.engine(self.model, ratio))  # the channels every layer kept, as its original indices
+        ratio,ratios = (self.ratio(),None) if self.allocation == 'uniform' else (0.,self.allocate())
+        self.before_ms = latency_ms(self.model, self.example_inputs)
+        self.kept_in,self.kept_out = self.step(self.engine(self.model, ratio, ratios=ratios))  # the channels every layer kept, as its original indices
         if self.calib is None: return self.model
         with torch.no_grad(): return refit(self.model, dense, self.kept_in, self.kept_out, batches, self.damp)
 
