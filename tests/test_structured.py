@@ -96,3 +96,63 @@ def test_prune_callback_with_gradient_accumulation_and_frozen_parameters_kept_fr
     assert learn.validate()[1] > dense.validate()[1] - 0.03
     ids = {id(p) for pl in learn.opt.param_lists for p in pl}
     assert ids == {id(p) for p in learn.model.parameters() if p.requires_grad}  # fastai's default splitter: trainable ones
+
+
+def _gpt2():
+    import transformers
+    from fisherfast.sparse.heads import conv1d_to_linear
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=16, attn_implementation='eager')
+    return conv1d_to_linear(transformers.GPT2LMHeadModel(cfg).eval())
+
+
+def _gqa():
+    import transformers
+    cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                   num_hidden_layers=2, vocab_size=64, attn_implementation='eager')
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _heads_of(model):
+    "Query heads and key/value heads of every attention of a GPT-2 or a Llama"
+    if hasattr(model, 'transformer'): return {(b.attn.c_attn.out_features // 3 // b.attn.head_dim, b.attn.num_heads) for b in model.transformer.h}
+    return {(b.self_attn.q_proj.out_features // b.self_attn.head_dim, b.self_attn.k_proj.out_features // b.self_attn.head_dim)
+            for b in model.model.layers}
+
+
+@pytest.mark.parametrize('make,heads', [(_gpt2, {(2, 2)}), (_gqa, {(2, 1)})])
+@pytest.mark.parametrize('criteria,refit', [('l2', False), ('obd', False), ('l2', True), ('obs', True)])
+def test_pruner_removes_fused_and_grouped_query_heads(tmp_path, make, heads, criteria, refit, recwarn):
+    import os
+    os.environ['HF_HUB_OFFLINE'] = '1'
+    from fisherfast.stats.calibrate import calibrate
+    torch.manual_seed(0)
+    model = make()
+    ids = torch.randint(0, 64, (4, 12))
+    calib = [{'input_ids': ids[i:i + 2], 'labels': ids[i:i + 2]} for i in (0, 2)]
+    stats = calibrate(model, calib, 'causal_lm', kinds=('fisher_diag',), progress=False) if criteria == 'obd' else None
+    x = {'input_ids': ids[:2], 'use_cache': False}
+    pr = Pruner(model, x, criteria, 0.5, stats=stats, calib=calib if refit else None, heads=True)
+    small = pr.prune()
+    assert not [w for w in recwarn if 'kept whole' in str(w.message)]
+    assert _heads_of(small) == heads
+    out = [m for m in pr.kept_in if m in {b.attn.c_proj for b in small.transformer.h}] if hasattr(small, 'transformer') else \
+          [m for m in pr.kept_in if m in {b.self_attn.o_proj for b in small.model.layers}]
+    assert len(out) == 2 and all(m.in_features == 16 for m in out)  # the output projections lost half their inputs, and are re-fitted
+    with torch.no_grad(): y = small(**x).logits
+    assert y.shape == (2, 12, 64) and torch.isfinite(y).all()
+    torch.save(small, tmp_path / 'small.pt')
+    back = torch.load(tmp_path / 'small.pt', weights_only=False).eval()
+    with torch.no_grad(): torch.testing.assert_close(back(**x).logits, y)
+    ep = torch.export.export(back, (), x, strict=False)
+    with torch.no_grad(): torch.testing.assert_close(ep.module()(**x).logits, y)
+
+
+@pytest.mark.parametrize('make', [_gpt2, _gqa])
+def test_pruner_heads_dict_target(make):
+    torch.manual_seed(0)
+    model = make()
+    x = {'input_ids': torch.randint(0, 64, (2, 12)), 'use_cache': False}
+    pr = Pruner(model, x, 'l2', {'params': 0.2}, heads=True)
+    pr.prune()
+    assert pr.report().loc['params', 'ratio'] <= 0.8
+    assert max(q for q, _ in _heads_of(model)) < 4  # heads went too

@@ -4,14 +4,15 @@
 
 # %% ../../nbs/sparse/heads.ipynb #b2265bae
 from __future__ import annotations
-import contextlib, sys, warnings
+import contextlib, math, sys, warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['conv1d_to_linear', 'SplitMultiheadAttention', 'split_mha', 'attention_heads', 'ffn_layers', 'ignored_layers',
-           'traceable', 'update_heads', 'output_tensors', 'prune_heads']
+           'traceable', 'update_heads', 'head_units', 'fused_heads', 'head_scores', 'cut_heads', 'output_tensors',
+           'prune_heads']
 
 # %% ../../nbs/sparse/heads.ipynb #247a4c80
 def _hf_conv1d(m): return type(m).__name__ == 'Conv1D' and type(m).__module__.startswith('transformers')
@@ -107,7 +108,7 @@ def _attentions(model:nn.Module) -> list:
     return found
 
 def _check(name, m, kind):
-    "Raise, naming the module, for the attention torch-pruning cannot cut into heads"
+    "Raise, naming the module, for the attention whose heads cannot be cut"
     if isinstance(m, nn.MultiheadAttention):
         raise ValueError(f"attention_heads: {name!r} is an nn.MultiheadAttention, whose q/k/v width is its embed_dim, the width of "
                          "the residual stream, so its heads cannot go alone; call split_mha(model) first")
@@ -116,15 +117,17 @@ def _check(name, m, kind):
                          "call conv1d_to_linear(model) first")
     if kind == 'gpt2' and getattr(m, 'is_cross_attention', False):
         raise ValueError(f"attention_heads: {name!r} is a GPT-2 cross-attention (q_attn, and c_attn fusing k,v); not supported")
+    if _whole(name, m, kind) and kind == 'qkv' and not _linears(m, 'o_proj'):
+        raise ValueError(f"attention_heads: {name!r} is a grouped-query attention without an o_proj Linear; not supported")
 
 def _whole(name, m, kind) -> str|None:
-    "Why the heads of attention `m` stay whole, or None when torch-pruning can remove them"
+    "Why torch-pruning leaves the heads of attention `m` whole (`cut_heads` removes them), or None when it can remove them"
     if kind == 'gpt2': return "GPT-2's fused c_attn: torch-pruning 1.6 maps c_proj's input i to c_attn's output i (the query part) across the q,k,v split"
     if kind == 'qkv' and m.k_proj.out_features != m.q_proj.out_features:
         return "grouped-query attention: torch-pruning 1.6 finds no consistent head group through repeat_kv"
 
-def attention_heads(model:nn.Module) -> dict:
-    "The `num_heads` mapping of torch-pruning's `MetaPruner`: `{q/k/v Linear: its heads}`, for the attention whose heads can go"
+def attention_heads(model:nn.Module, warn:bool=True) -> dict:
+    "The `num_heads` mapping of torch-pruning's `MetaPruner`: `{q/k/v Linear: its heads}`, for the attention whose heads it can cut"
     for name,m in model.named_modules():
         if isinstance(m, nn.MultiheadAttention): _check(name, m, 'mha')
     found,heads,whole = _attentions(model),{},{}
@@ -137,8 +140,11 @@ def attention_heads(model:nn.Module) -> dict:
         if (why := _whole(name, m, kind)): whole.setdefault(why, []).append(name)
         elif kind == 'qkv': heads.update({l: l.out_features // m.head_dim for l in (m.q_proj, m.k_proj, m.v_proj)})
         else: heads.update({l: m.num_attention_heads for l in (m.query, m.key, m.value)})
-    for why,names in whole.items(): warnings.warn(f"attention_heads: heads of {', '.join(names)} are kept whole ({why})")
+    for why,names in whole.items():  # warn=False: for callers that cut them with `cut_heads`, as prune_heads and Pruner do
+        if warn: warnings.warn(f"attention_heads: heads of {', '.join(names)} are kept whole by MetaPruner ({why}); "
+                               "prune_heads and Pruner(heads=True) remove them")
     return heads
+
 
 # %% ../../nbs/sparse/heads.ipynb #e88369cf
 def ffn_layers(model:nn.Module) -> list:
@@ -177,6 +183,7 @@ def traceable(model:nn.Module):
 def _set_counts(m, kind, heads:int, hd:int):
     "Write back the head counts and sizes the forward of attention `m` reads"
     if kind == 'bert': m.num_attention_heads,m.attention_head_size,m.all_head_size = heads,hd,heads * hd
+    elif kind == 'gpt2': m.num_heads,m.head_dim,m.split_size = heads,hd,heads * hd
     else:
         kv = m.k_proj.out_features // hd
         m.head_dim = hd
@@ -192,18 +199,21 @@ def _set_config(model, counts:set, ffn:set):
         (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim), = counts
     if len(ffn) == 1 and hasattr(cfg, 'intermediate_size'): cfg.intermediate_size, = ffn
 
+def _query(m, kind) -> tuple[int, int]:
+    "The query channels of attention `m` and its head size"
+    if kind == 'gpt2': return m.c_attn.out_features // 3,m.head_dim  # c_attn's outputs: [q | k | v]
+    return (m.q_proj.out_features,m.head_dim) if kind == 'qkv' else (m.query.out_features,m.attention_head_size)
+
 def update_heads(model:nn.Module, num_heads:dict|None=None) -> nn.Module:
-    "After torch-pruning removed heads or FFN neurons of `model`: the attributes the forward reads set to the new widths"
+    "After torch-pruning or `cut_heads` removed heads or FFN neurons of `model`: the attributes the forward reads set to the new widths"
     counts = set()
     for name,m,kind in _attentions(model):
-        if _whole(name, m, kind): continue
-        q = m.q_proj if kind == 'qkv' else m.query
-        hd = m.head_dim if kind == 'qkv' else m.attention_head_size
-        if num_heads is not None and q in num_heads: hd = q.out_features // num_heads[q]  # head dims pruned
-        if q.out_features % hd:
-            raise ValueError(f"update_heads: {name} has {q.out_features} query channels, not a whole number of heads of {hd}")
-        _set_counts(m, kind, q.out_features // hd, hd)
-        if kind == 'qkv' and hasattr(m, 'config'): counts.add((q.out_features // hd, m.k_proj.out_features // hd, hd))
+        n,hd = _query(m, kind)
+        q = m.q_proj if kind == 'qkv' else getattr(m, 'query', None)
+        if num_heads is not None and q in num_heads: hd = n // num_heads[q]  # head dims pruned
+        if n % hd: raise ValueError(f"update_heads: {name} has {n} query channels, not a whole number of heads of {hd}")
+        _set_counts(m, kind, n // hd, hd)
+        if kind == 'qkv' and hasattr(m, 'config'): counts.add((n // hd, m.k_proj.out_features // hd, hd))
     ffn = set()
     for m in model.modules():
         if _linears(m, 'gate_proj', 'up_proj', 'down_proj') and hasattr(m, 'intermediate_size'):
@@ -211,6 +221,70 @@ def update_heads(model:nn.Module, num_heads:dict|None=None) -> nn.Module:
             ffn.add(m.intermediate_size)
     _set_config(model, counts, ffn)
     return model
+
+
+# %% ../../nbs/sparse/heads.ipynb #b5d2f4a1
+def _fused(model:nn.Module) -> list:
+    "`(module, kind)` for the attention of `model` whose heads `cut_heads` removes"
+    out = []
+    for name,m,kind in _attentions(model):
+        _check(name, m, kind)
+        if _whole(name, m, kind): out.append((m, kind))
+    return out
+
+def head_units(m:nn.Module, kind:str) -> tuple[int, list]:
+    "The head units of attention `m`: their count, and `(Linear, out, idx)`, `idx[u]` the rows (out) or columns of unit u, `(parts, size)`"
+    if kind == 'gpt2':
+        s,hd = m.split_size,m.head_dim
+        h = torch.arange(s).view(-1, hd)
+        return len(h),[(m.c_attn, True, torch.stack([h, h + s, h + 2 * s], 1)), (m.c_proj, False, h[:, None])]  # c_attn: [q | k | v]
+    kv = m.k_proj.out_features // m.head_dim
+    q,k = torch.arange(m.q_proj.out_features).view(kv, 1, -1),torch.arange(m.k_proj.out_features).view(kv, 1, -1)
+    return kv,[(m.q_proj, True, q), (m.k_proj, True, k), (m.v_proj, True, k), (m.o_proj, False, q)]
+
+def fused_heads(model:nn.Module) -> dict:
+    "`{attention module: its head units}` for the attention of `model` whose heads `cut_heads` removes: GPT-2's fused c_attn, grouped-query"
+    return {m: head_units(m, kind)[0] for m,kind in _fused(model)}
+
+def _l2(m, out): return m.weight.detach().square().sum(1 if out else 0)
+
+def head_scores(units:list, score=None) -> torch.Tensor:
+    "One score per unit: `score(linear, out)` (per row or column, None where unknown; default L2 magnitude) summed over the unit's"
+    total = None
+    for lin,out,idx in units:
+        per = (score or _l2)(lin, out)
+        if per is None: continue
+        s = per.float().cpu()[idx].flatten(1).sum(1)
+        total = s if total is None else total + s
+    return head_scores(units) if total is None else total  # no layer scored: L2 magnitude
+
+@torch.no_grad()
+def _keep(lin:nn.Linear, out:bool, idx:torch.Tensor):
+    "Keep only the rows and bias entries (`out`) or the columns `idx` of `lin`, in place"
+    idx = idx.to(lin.weight.device)
+    w = lin.weight[idx] if out else lin.weight[:, idx]
+    lin.weight = nn.Parameter(w.clone(), requires_grad=lin.weight.requires_grad)
+    if out and lin.bias is not None: lin.bias = nn.Parameter(lin.bias[idx].clone(), requires_grad=lin.bias.requires_grad)
+    if out: lin.out_features = len(idx)
+    else: lin.in_features = len(idx)
+
+def cut_heads(model:nn.Module, ratio:float, score=None, initial:dict|None=None) -> tuple[dict, dict]:
+    "Remove `ratio` of the head units (of `initial`, default now) of every attention in `fused_heads`, least score first, in place"
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"cut_heads: ratio={ratio!r}, must be a number in [0, 1)")
+    kin,kout = {},{}
+    for m,kind in _fused(model):
+        n,units = head_units(m, kind)
+        keep = max(1, math.floor((initial or {}).get(m, n) * (1 - ratio) + 1e-9))  # no attention left without a head
+        if keep >= n: continue
+        kept = head_scores(units, score).argsort(descending=True)[:keep].sort().values
+        for lin,out,idx in units:
+            idx = idx[kept].transpose(0, 1).flatten()  # part by part: c_attn stays [q | k | v]
+            (kout if out else kin)[lin] = idx
+            _keep(lin, out, idx)
+    update_heads(model)
+    return kin,kout
+
 
 # %% ../../nbs/sparse/heads.ipynb #d292c4e8
 def output_tensors(out):
@@ -223,11 +297,13 @@ def prune_heads(model:nn.Module, example_inputs, head_ratio:float=0.5, ffn_ratio
     import torch_pruning as tp
     for arg,v in (('head_ratio', head_ratio), ('ffn_ratio', ffn_ratio)):
         if not 0 <= v < 1: raise ValueError(f"prune_heads: {arg}={v!r}, must be in [0, 1)")
-    heads = attention_heads(model)
+    heads = attention_heads(model, warn=False)
     with traceable(model):
         pruner = tp.pruner.MetaPruner(model, example_inputs, importance=importance or tp.importance.MagnitudeImportance(p=2),
                                       num_heads=heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=head_ratio,
                                       pruning_ratio=ffn_ratio, ignored_layers=ignored_layers(model, heads),
                                       output_transform=kwargs.pop('output_transform', output_tensors), **kwargs)
     pruner.step()
+    cut_heads(model, head_ratio)
     return update_heads(model, pruner.num_heads)
+

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from ..core.args import as_fraction, positive, positive_int
 from ..core.layers import is_transposed, oriented_weight
-from .heads import attention_heads, ignored_layers, output_tensors, traceable, update_heads
+from .heads import attention_heads, cut_heads, fused_heads, ignored_layers, output_tensors, traceable, update_heads
 from ..stats.batches import Batch, as_batch
 from ..stats.calibrate import calibrate
 from ..stats.kinds import input_rows
@@ -198,7 +198,7 @@ class Pruner:
             raise ValueError(f"max_ratio={max_ratio!r} must be a number in (0, 1], the largest share of a group removed")
         if heads and allocation == 'global': raise ValueError("allocation='global' does not rank attention heads: use 'uniform' with heads=True")
         self.calib,self.n_samples,self.damp,self.heads,self.allocation,self.max_ratio = calib,n_samples,damp,heads,allocation,max_ratio
-        if heads: attention_heads(model)  # a model without attention fails here, untouched
+        if heads: attention_heads(model, warn=False)  # a model without attention fails here, untouched
         self.before = self.count(model)
 
     def _score(self, m:nn.Module, names:dict, out:bool):
@@ -229,17 +229,24 @@ class Pruner:
         if steps is not None:  # torch-pruning's schedule: the ratio reached after each step, from 0
             kw.update(iterative_steps=len(steps), iterative_pruning_ratio_scheduler=lambda r, n: [0.] + [r * f for f in steps])
         if not self.heads: return tp.pruner.MetaPruner(model, self.example_inputs, ignored_layers=ignored, **kw)
-        hs = attention_heads(model)
+        hs = attention_heads(model, warn=False)
         with traceable(model):
-            return tp.pruner.MetaPruner(model, self.example_inputs, ignored_layers=ignored + ignored_layers(model, hs), num_heads=hs,
-                                        prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
-                                        output_transform=output_tensors, **kw)
+            e = tp.pruner.MetaPruner(model, self.example_inputs, ignored_layers=ignored + ignored_layers(model, hs), num_heads=hs,
+                                     prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
+                                     output_transform=output_tensors, **kw)
+        e.fused_heads = fused_heads(model)  # the heads `cut_heads` removes (GPT-2's, grouped-query), counted before the first step
+        return e
 
     def step(self, engine:tp.pruner.MetaPruner) -> tuple[dict, dict]:
-        "One step of `engine`: the channels every layer kept, as indices of the layer before it"
-        kept = prune_tracked(engine)
-        if self.heads: update_heads(engine.model, engine.num_heads)
-        return kept
+        "One step of `engine` (and of `cut_heads`, with heads): the channels every layer kept, as indices of the layer before it"
+        kin,kout = prune_tracked(engine)
+        if self.heads:
+            names = {m: n for n,m in engine.model.named_modules()}
+            score = None if self.criteria == 'obs' else lambda m, out: self._score(m, names, out)  # 'obs': L2 for these heads
+            cin,cout = cut_heads(engine.model, engine.per_step_head_pruning_ratio[engine.current_step], score, engine.fused_heads)
+            kin,kout = {**kin, **cin},{**kout, **cout}
+            update_heads(engine.model, engine.num_heads)
+        return kin,kout
 
     def _size(self, kind:str):
         "`model -> its size` in the unit of `kind`: 'macs', 'params' or 'latency' (ms on `example_inputs`)"
