@@ -22,6 +22,7 @@ class Granularity:
                  min_dims:int=2,  # the fewest weight dimensions it applies to (3 for conv-only ones)
                  max_dims:int|None=None): # the most (4 for one of 2-D convolutions only)
         self.name,self.block,self.min_dims,self.max_dims = name,block,min_dims,max_dims
+        self._blocks = {}  # checked block shapes by weight shape: a callback asks for them at every re-prune
 
     def applies(self, dims:int) -> bool: return self.min_dims <= dims <= (self.max_dims or dims)
 
@@ -44,10 +45,12 @@ class Granularity:
     def block_shape(self, shape, name:str='layer') -> tuple:
         "The block shape for a weight of `shape`, checked to tile it exactly"
         shape = tuple(shape)
+        if (block := self._blocks.get(shape)) is not None: return block
         block = tuple(int(b) for b in self.block(shape))
         if len(block) != len(shape) or any(b < 1 or s % b for s,b in zip(shape, block)):
             raise ValueError(f"granularity={self.name!r} needs blocks {block} that tile the weight of layer {name!r}, "
                              f"but its shape is {shape}: each dimension must be a multiple of the block")
+        self._blocks[shape] = block
         return block
 
     def unit_shape(self, shape) -> tuple:

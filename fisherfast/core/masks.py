@@ -11,12 +11,13 @@ import torch
 __all__ = ['kth_smallest', 'lowest_k_keep', 'nm_keep', 'RoundUp', 'round_kept']
 
 # %% ../../nbs/core/masks.ipynb #1b36e9c8
-_max_sample,_direct,_min_stride = 1 << 18,1 << 13,16
+_max_sample,_direct,_min_stride,_scan_min = 1 << 18,1 << 13,16,1 << 15
 
 def _count(xs, op, v:float) -> int: return sum(int(torch.count_nonzero(op(x, v))) for x in xs)
 
 def _sparse_nonzero(mask:torch.Tensor) -> torch.Tensor:
     "Indices of the True entries of a flat bool `mask`, scanning it 8 bytes at a time: fast when they are few"
+    if mask.numel() < _scan_min: return mask.nonzero().squeeze(1)  # below ~32k entries the scan's extra ops cost more
     n8 = mask.numel() // 8 * 8
     words = mask[:n8].view(torch.int64)
     hit = words.nonzero().squeeze(1)
