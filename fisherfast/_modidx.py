@@ -741,6 +741,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                              'fisherfast/sparse/structured.py'),
                                               'fisherfast.sparse.structured._refittable': ( 'sparse/structured.html#_refittable',
                                                                                             'fisherfast/sparse/structured.py'),
+                                              'fisherfast.sparse.structured.check_allocation': ( 'sparse/structured.html#check_allocation',
+                                                                                                 'fisherfast/sparse/structured.py'),
                                               'fisherfast.sparse.structured.check_target': ( 'sparse/structured.html#check_target',
                                                                                              'fisherfast/sparse/structured.py'),
                                               'fisherfast.sparse.structured.latency_ms': ( 'sparse/structured.html#latency_ms',

@@ -13,7 +13,7 @@ from fastai.imports import noop
 from fastai.torch_core import get_model
 from ..core.args import positive_int
 from ..core.schedule import Schedule, agp
-from .structured import Pruner, check_target
+from .structured import Pruner, check_allocation, check_target
 
 # %% auto #0
 __all__ = ['follow_params', 'PruneCallback']
@@ -60,13 +60,16 @@ class PruneCallback(Callback):
                  n_steps:int=8,              # pruning steps, evenly spaced over the schedule's window
                  ignore=None,                # modules left whole; default the last Linear
                  round_to:int|None=None,     # kept channel counts a multiple of this
-                 heads:bool=False):          # a transformer: remove attention heads and FFN neurons
+                 heads:bool=False,           # a transformer: remove attention heads and FFN neurons
+                 allocation:str='uniform',   # 'uniform': every group loses the same share; 'global': decided at the first step (`Pruner`)
+                 max_ratio:float=0.9):       # with 'global', the largest share of any group's channels removed
         self.target = check_target(target)
         if criteria not in ('l1', 'l2', 'obd'): raise ValueError(f"criteria={criteria!r} is not known; valid: 'l1', 'l2', 'obd'")
         if not isinstance(schedule, Schedule): raise TypeError(f"schedule={schedule!r} must be a Schedule, e.g. agp.window(0.2, 0.8)")
         positive_int(n_steps, 'n_steps'); positive_int(round_to, 'round_to', none_ok=True)
-        store_attr('criteria,schedule,n_steps,ignore,round_to,heads')
-        self.history,self.engine = [],None
+        check_allocation(allocation, max_ratio, heads)
+        store_attr('criteria,schedule,n_steps,ignore,round_to,heads,allocation,max_ratio')
+        self.history,self.pruner,self.engine = [],None,None
 
     def before_fit(self):
         "The points where a step prunes and the torch-pruning engine, at the first fit that trains every layer"
@@ -75,15 +78,17 @@ class PruneCallback(Callback):
         # fine_tune's frozen fit: prune in the next one, which trains every layer
         self._waiting = any(not m.weight.requires_grad for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)))
         self._fisher,self._n = {},0
-        if self._waiting or self.engine is not None: return
+        if self._waiting or self.pruner is not None: return
         s = self.schedule
         self.points = [s.start_pct + (s.end_pct - s.start_pct) * (i + 1) / self.n_steps for i in range(self.n_steps)]
         b = self.dls.train.one_batch()
         xb = b[:getattr(self.dls, 'n_inp', max(1, len(b) - 1))]  # as `Learner` splits a batch
         example = tuple(x[:1].as_subclass(torch.Tensor) for x in xb)
         self.pruner = Pruner(model, example[0] if len(example) == 1 else example, self.criteria, self.target, stats={'fisher_diag': {}},
-                             ignore=self.ignore, round_to=self.round_to, heads=self.heads)
-        self.engine = self.pruner.engine(model, self.pruner.ratio(), [s(p) for p in self.points])
+                             ignore=self.ignore, round_to=self.round_to, heads=self.heads, allocation=self.allocation,
+                             max_ratio=self.max_ratio)
+        # 'global' ranks groups by their scores, which the first step has (OBD's Fisher comes from training)
+        if self.allocation == 'uniform': self.engine = self.pruner.engine(model, self.pruner.ratio(), [s(p) for p in self.points])
         self._k = 0
 
     def before_step(self):
@@ -122,6 +127,8 @@ def _prune(self:PruneCallback, frac:float):
     "One step of the engine (to `frac` of the target); the optimizer follows, the sizes are recorded"
     model = get_model(self.learn.model)
     self.pruner.stats['fisher_diag'] = {n: F / max(self._n, 1) for n,F in self._fisher.items()}
+    if self.engine is None:  # 'global': every group's share, from the scores of this first step, then reached in the steps
+        self.engine = self.pruner.engine(model, 0., [self.schedule(p) for p in self.points], ratios=self.pruner.allocate())
     before,mods = _named_params(model),dict(model.named_modules())
     kin,kout = self.pruner.step(self.engine)
     follow_params(self.learn.opt, before, _named_params(model), kin, kout, mods)

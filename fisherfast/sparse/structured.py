@@ -17,7 +17,8 @@ from ..stats.calibrate import calibrate
 from ..stats.kinds import input_rows
 
 # %% auto #0
-__all__ = ['GroupScore', 'per_channel', 'obs_saliency', 'prune_tracked', 'refit', 'latency_ms', 'check_target', 'Pruner']
+__all__ = ['GroupScore', 'per_channel', 'obs_saliency', 'prune_tracked', 'refit', 'latency_ms', 'check_target',
+           'check_allocation', 'Pruner']
 
 # %% ../../nbs/sparse/structured.ipynb #e8c4989e
 _out = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
@@ -157,6 +158,14 @@ def check_target(target):
     if f >= 1: raise ValueError(f"target={target!r} would remove every channel: it must be below 1")
     return f
 
+def check_allocation(allocation:str, max_ratio, heads:bool=False):
+    "`allocation` and `max_ratio` as `Pruner` and `PruneCallback` take them, checked"
+    if allocation not in ('uniform', 'global'):
+        raise ValueError(f"allocation={allocation!r} is not known; valid: 'uniform', 'global'")
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio <= 1:
+        raise ValueError(f"max_ratio={max_ratio!r} must be a number in (0, 1], the largest share of a group removed")
+    if heads and allocation == 'global': raise ValueError("allocation='global' does not rank attention heads: use 'uniform' with heads=True")
+
 def _classifier(model):
     "The last Linear of `model`, the classifier, left whole by default"
     lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -192,11 +201,7 @@ class Pruner:
         positive_int(n_samples, 'n_samples'); positive(damp, 'damp')
         if calib is not None and not hasattr(calib, '__iter__'):
             raise TypeError(f"calib={calib!r} must give batches (x, y) or dicts of model inputs: a DataLoader or a list of them")
-        if allocation not in ('uniform', 'global'):
-            raise ValueError(f"allocation={allocation!r} is not known; valid: 'uniform', 'global'")
-        if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio <= 1:
-            raise ValueError(f"max_ratio={max_ratio!r} must be a number in (0, 1], the largest share of a group removed")
-        if heads and allocation == 'global': raise ValueError("allocation='global' does not rank attention heads: use 'uniform' with heads=True")
+        check_allocation(allocation, max_ratio, heads)
         self.calib,self.n_samples,self.damp,self.heads,self.allocation,self.max_ratio = calib,n_samples,damp,heads,allocation,max_ratio
         if heads: attention_heads(model, warn=False)  # a model without attention fails here, untouched
         self.before = self.count(model)
