@@ -11,7 +11,7 @@ import torch
 __all__ = ['kth_smallest', 'lowest_k_keep', 'nm_keep', 'RoundUp', 'round_kept']
 
 # %% ../../nbs/core/masks.ipynb #1b36e9c8
-_max_sample,_direct,_min_stride,_scan_min = 1 << 18,1 << 13,16,1 << 15
+_max_sample,_direct,_min_stride,_scan_min,_cat_max = 1 << 18,1 << 13,16,1 << 15,1 << 22
 
 def _count(xs, op, v:float) -> int: return sum(int(torch.count_nonzero(op(x, v))) for x in xs)
 
@@ -102,6 +102,12 @@ def lowest_k_keep(xs:list[torch.Tensor], # scores: one tensor, or a list of them
     if not 0 <= k <= n: raise ValueError(f"cannot prune k={k} of {n} entries")
     if k == 0: keep,kept = [torch.ones_like(x, dtype=torch.bool) for x in xs],[x.numel() for x in xs]
     elif k == n: keep,kept = [torch.zeros_like(x, dtype=torch.bool) for x in xs],[0] * len(xs)
+    elif len(xs) > 1 and n <= _cat_max and len({x.device for x in xs}) == 1:
+        # up to a few million scores, one selection over their concatenation costs less than one pass per tensor;
+        # each mask gets its own memory (views of one would be saved whole, and refused by safetensors)
+        chunks = lowest_k_keep(torch.cat([x.flatten() for x in xs]), k).split([x.numel() for x in xs])
+        keep = [kp.view(x.shape).clone() for kp,x in zip(chunks, xs)]
+        kept = [None] * len(xs)
     else:
         flat = [x.flatten() for x in xs]
         v,n_le,parts = _kth(flat, k, scratch)
