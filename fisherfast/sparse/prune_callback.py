@@ -81,6 +81,7 @@ class PruneCallback(Callback):
         if self._waiting or self.pruner is not None: return
         s = self.schedule
         self.points = [s.start_pct + (s.end_pct - s.start_pct) * (i + 1) / self.n_steps for i in range(self.n_steps)]
+        self._fracs = [s(p) for p in self.points]  # the fraction of the target reached after each step
         b = self.dls.train.one_batch()
         xb = b[:getattr(self.dls, 'n_inp', max(1, len(b) - 1))]  # as `Learner` splits a batch
         example = tuple(x[:1].as_subclass(torch.Tensor) for x in xb)
@@ -88,7 +89,7 @@ class PruneCallback(Callback):
                              ignore=self.ignore, round_to=self.round_to, heads=self.heads, allocation=self.allocation,
                              max_ratio=self.max_ratio)
         # 'global' ranks groups by their scores, which the first step has (OBD's Fisher comes from training)
-        if self.allocation == 'uniform': self.engine = self.pruner.engine(model, self.pruner.ratio(), [s(p) for p in self.points])
+        if self.allocation == 'uniform': self.engine = self.pruner.engine(model, self.pruner.ratio(), self._fracs)
         self._k = 0
 
     def before_step(self):
@@ -128,7 +129,7 @@ def _prune(self:PruneCallback, frac:float):
     model = get_model(self.learn.model)
     self.pruner.stats['fisher_diag'] = {n: F / max(self._n, 1) for n,F in self._fisher.items()}
     if self.engine is None:  # 'global': every group's share, from the scores of this first step, then reached in the steps
-        self.engine = self.pruner.engine(model, 0., [self.schedule(p) for p in self.points], ratios=self.pruner.allocate())
+        self.engine = self.pruner.engine(model, 0., self._fracs, ratios=self.pruner.allocate())
     before,mods = _named_params(model),dict(model.named_modules())
     kin,kout = self.pruner.step(self.engine)
     follow_params(self.learn.opt, before, _named_params(model), kin, kout, mods)
