@@ -160,6 +160,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fisherfast/core/layers.py'),
                                         'fisherfast.core.layers.layer_groups': ( 'core/layers.html#layer_groups',
                                                                                  'fisherfast/core/layers.py'),
+                                        'fisherfast.core.layers.oriented_rows': ( 'core/layers.html#oriented_rows',
+                                                                                  'fisherfast/core/layers.py'),
                                         'fisherfast.core.layers.oriented_weight': ( 'core/layers.html#oriented_weight',
                                                                                     'fisherfast/core/layers.py'),
                                         'fisherfast.core.layers.prunable_layers': ( 'core/layers.html#prunable_layers',

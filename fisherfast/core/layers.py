@@ -14,8 +14,9 @@ from torch.nn.utils import parametrize, prune
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['is_transposed', 'prunable_types', 'prunable_layers', 'oriented_weight', 'find_blocks', 'layer_groups',
-           'check_plain_weight', 'PrunedLayer', 'device_buffers', 'following_norms', 'MissingStatsError', 'LayerView']
+__all__ = ['is_transposed', 'prunable_types', 'prunable_layers', 'oriented_weight', 'oriented_rows', 'find_blocks',
+           'layer_groups', 'check_plain_weight', 'PrunedLayer', 'device_buffers', 'following_norms',
+           'MissingStatsError', 'LayerView']
 
 # %% ../../nbs/core/layers.ipynb #23e9ac6f
 def is_transposed(m:nn.Module) -> bool:
@@ -71,6 +72,10 @@ def prunable_layers(model:nn.Module, layer_type=None, ignore=None) -> dict:
 def oriented_weight(m:nn.Module) -> torch.Tensor:
     "The weight of `m` as `(out, in, *kernel)`: a view of the parameter, transposed where it is stored `(in, out)`"
     return m.weight.t() if is_transposed(m) else m.weight
+
+def oriented_rows(rows:torch.Tensor, stored:tuple) -> torch.Tensor:
+    "`(n, in·out)` rows of flat gradients of a weight stored `(in, out)` as `stored`, re-ordered as `(out, in)`"
+    return rows.view(len(rows), *stored).transpose(1, 2).reshape(len(rows), -1)
 
 # %% ../../nbs/core/layers.ipynb #649ba474
 def _module_names(model:nn.Module) -> dict: return {id(m): n for n,m in model.named_modules()}
@@ -161,7 +166,7 @@ class PrunedLayer:
         if not self.transposed or not isinstance(t, torch.Tensor): return t  # training's `RowWindow` orients its own rows
         raw = self.module.weight.shape
         if t.shape == raw: return t.t()
-        if t.dim() == 2 and t.shape[1] == raw.numel(): return t.view(-1, *raw).transpose(1, 2).reshape(t.shape[0], -1)
+        if t.dim() == 2 and t.shape[1] == raw.numel(): return oriented_rows(t, raw)
         return t
 
     def stored(self, t:torch.Tensor) -> torch.Tensor:

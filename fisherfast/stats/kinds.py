@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from ..core.args import registrar
-from ..core.layers import is_transposed, oriented_weight
+from ..core.layers import is_transposed, oriented_rows, oriented_weight
 
 # %% auto #0
 __all__ = ['stat_kinds', 'register_stat', 'as_float', 'Statistic', 'RowBuffer', 'RowWindow', 'Rows', 'kinds_from', 'check_kinds',
@@ -137,9 +137,7 @@ class RowWindow:
         "The rows added `start`-th to `stop`-th, oldest first, as `RowBuffer.rows`"
         return self._orient(self.buffer.rows(start, stop))
 
-    def _orient(self, rows:torch.Tensor) -> torch.Tensor:
-        if self.stored is None: return rows
-        return rows.view(len(rows), *self.stored).transpose(1, 2).reshape(len(rows), -1)
+    def _orient(self, rows:torch.Tensor) -> torch.Tensor: return rows if self.stored is None else oriented_rows(rows, self.stored)
 
 class Rows(Statistic):
     "The rows themselves (gradients, one per sample or step), kept in a `RowBuffer`"
